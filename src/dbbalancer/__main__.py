@@ -1,0 +1,3 @@
+from dbbalancer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Typed settings loaded from TOML."""

@@ -1,0 +1,1 @@
+"""Protocol-agnostic core: topology, pools, balancing, health, routing. Imports no protocol."""

@@ -1,0 +1,1 @@
+"""MySQL/MariaDB wire protocol (not yet implemented)."""

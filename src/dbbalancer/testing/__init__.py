@@ -1,0 +1,1 @@
+"""Helpers that start real local database clusters for the demo, tests and benchmarks."""

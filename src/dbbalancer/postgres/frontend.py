@@ -1,0 +1,424 @@
+"""Client connections to the proxy (the proxy plays the PostgreSQL server here).
+
+A `ClientSession` runs the start-up conversation as a coroutine (protocol sections "Start-up",
+"SSL Session Encryption", "Canceling Requests in Progress"): SSLRequest and GSSENCRequest are
+answered 'N', a CancelRequest is relayed to the server running that client's query, and a
+StartupMessage is authenticated against the configured user (SCRAM-SHA-256, md5 or trust). Then
+the session takes a server connection and switches to forwarding: client frames go to the server,
+server bytes come back unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from typing import TYPE_CHECKING
+
+from dbbalancer.config import AuthMethod, PoolMode, UserConfig
+from dbbalancer.core.cluster import NoServerAvailable
+from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
+from dbbalancer.postgres import codec
+from dbbalancer.postgres.auth import (
+    AuthenticationFailed,
+    ScramServer,
+    md5_verify,
+)
+from dbbalancer.postgres.backend import (
+    ServerConnection,
+    ServerError,
+    ServerUnavailable,
+)
+from dbbalancer.postgres.codec import ProtocolError
+from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
+from dbbalancer.postgres.params import parse_options, set_statements
+
+if TYPE_CHECKING:
+    from dbbalancer.postgres.service import PgCluster, PostgresService
+
+log = logging.getLogger(__name__)
+
+# Before authentication a client may only send small messages (PostgreSQL's own limit for the
+# start-up packet is 10,000 bytes; a SASL message is a few hundred).
+PRE_AUTH_MAX_LENGTH = 64 * 1024
+
+_EXPECTS_READY = frozenset((b"Q", b"S", b"F"))
+_EXTENDED = frozenset((b"P", b"B", b"E", b"D", b"C", b"H"))
+
+# Start-up parameters that are not settings to replay on the server.
+_NOT_SETTINGS = frozenset(("user", "database", "options", "replication"))
+
+
+class ClientSession(FramedProtocol):
+    """One client connection, from start-up to close."""
+
+    def __init__(self, service: PostgresService) -> None:
+        super().__init__(PRE_AUTH_MAX_LENGTH)
+        self.service = service
+        self.startup_reader: codec.StartupReader | None = codec.StartupReader()
+        self.user: UserConfig | None = None
+        self.cluster: PgCluster | None = None
+        self.server: ServerConnection | None = None
+        self.backend_key = (secrets.randbits(31) or 1, secrets.randbits(31))
+        self.peer = "?"
+        self._forwarding = False
+        self._pending = 0  # ReadyForQuery messages the server still owes this client
+        self._unsynced = False  # extended-protocol messages sent since the last Sync
+        self._counted = False
+        self._task_started = False
+
+    def __repr__(self) -> str:
+        user = self.user.name if self.user else "?"
+        return f"<ClientSession {user}@{self.peer}>"
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.service.sessions.add(self)
+        self.service.spawn(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self._forwarding:
+            self._forward(data)
+        elif self.startup_reader is not None:
+            try:
+                self.startup_reader.feed(data)
+            except ProtocolError as exc:
+                self._failure = exc
+            self._wake()
+        else:
+            self.queue_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._forwarding = False
+        self._release_server()
+
+    def pause_writing(self) -> None:
+        if self.server is not None:
+            self.server.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server is not None:
+            self.server.resume_reading()
+
+    # -- forwarding (the hot path) ----------------------------------------------------------------
+
+    def _forward(self, data: bytes) -> None:
+        server = self.server
+        assert server is not None
+        reader = self.reader
+        try:
+            reader.feed(data)
+            out: list[bytes] = []
+            for frame in reader:
+                kind = frame.type
+                if kind in _EXPECTS_READY:
+                    self._pending += 1
+                    self._unsynced = False
+                elif kind in _EXTENDED:
+                    self._unsynced = True
+                elif kind == b"X":
+                    if out:
+                        server.transport.writelines(out)  # type: ignore[union-attr]
+                    self._terminate()
+                    return
+                out.append(frame.data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if out:
+            server.transport.writelines(out)  # type: ignore[union-attr]
+
+    # ServerSink: called by the attached ServerConnection.
+
+    def server_output(self, data: bytes) -> None:
+        """Relay server bytes unchanged."""
+        self.write(data)
+
+    def server_ready(self, status: bytes) -> None:
+        """Count the ReadyForQuery the server owed."""
+        if self._pending:
+            self._pending -= 1
+
+    def server_lost(self, server: ServerConnection) -> None:
+        """The server went away under this session: tell the client and close."""
+        if self.server is server:
+            self.server = None
+            self._send_error(
+                "08006",
+                f"server connection to {server.server.name} was lost",
+                hint="reconnect; the server may be restarting",
+            )
+            self.close()
+
+    def pause_server_output(self) -> None:
+        """The server cannot take more: stop reading from the client."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_server_output(self) -> None:
+        """The server drained: read from the client again."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- the session coroutine ------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            async with asyncio.timeout(self.service.settings.client_login_timeout or None):
+                started = await self._startup()
+                if not started:
+                    return
+            await self.wait_closed()
+        except ProtocolError as exc:
+            self._fail(exc)
+        except TimeoutError:
+            self._send_error("08P01", "client did not finish logging in in time")
+            self.close()
+        except ConnectionClosed:
+            pass
+        except Refused as exc:
+            self._send_error(exc.sqlstate, exc.message, hint=exc.hint)
+            self.close()
+        except Exception:
+            log.exception("%r: unexpected error", self)
+            self._send_error("XX000", "internal error in dbbalancer; see its log")
+            self.close()
+        finally:
+            self._release_server()
+            if self._counted:
+                self.service.client_disconnected(self)
+                self._counted = False
+            self.service.unregister_cancel(self)
+            self.service.sessions.discard(self)
+
+    async def _next_startup(self) -> codec.StartupMessage:
+        reader = self.startup_reader
+        assert reader is not None
+        while True:
+            msg = reader.next()
+            while msg is None:
+                if self._failure is not None:
+                    raise self._failure
+                self._frame_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._frame_waiter
+                finally:
+                    self._frame_waiter = None
+                msg = reader.next()
+            if isinstance(msg, codec.SSLRequest | codec.GSSENCRequest):
+                self.write(b"N")  # no TLS/GSS yet: the client goes on in plaintext or gives up
+                continue
+            if isinstance(msg, codec.CancelRequest):
+                await self.service.cancel(msg.process_id, msg.secret_key)
+                raise ConnectionClosed("cancel request handled")
+            return msg
+
+    async def _startup(self) -> bool:
+        try:
+            startup = await self._next_startup()
+        except ConnectionClosed:
+            self.close()
+            return False
+        assert self.startup_reader is not None
+        rest = self.startup_reader.take_buffer()
+        self.startup_reader = None
+        if rest:
+            self.queue_data(rest)
+
+        unsupported = tuple(k for k in startup.parameters if k.startswith("_pq_."))
+        if startup.protocol & 0xFFFF or unsupported:
+            self.write(codec.NegotiateProtocolVersion(0, unsupported).encode())
+        if startup.parameters.get("replication", "false").lower() not in (
+            "false",
+            "off",
+            "0",
+            "no",
+        ):
+            raise Refused("0A000", "dbbalancer does not proxy replication connections")
+        user_name = startup.user
+        database = startup.database
+        if not user_name:
+            raise Refused("28000", "no PostgreSQL user name specified in startup packet")
+
+        user = self.service.user(user_name)
+        await self._authenticate(user_name, user)
+        assert user is not None
+        self.user = user
+        cluster = self.service.cluster(database)
+        if cluster is None:
+            raise Refused(
+                "3D000",
+                f'database "{database}" does not exist',
+                hint="dbbalancer serves: " + ", ".join(self.service.cluster_names()),
+            )
+        self.cluster = cluster
+        self.service.client_connected(self)  # raises Refused when over a limit
+        self._counted = True
+
+        settings = {k: v for k, v in startup.parameters.items() if k not in _NOT_SETTINGS}
+        settings.update(parse_options(startup.parameters.get("options", "")))
+        mode = cluster.config.effective_pool_mode(user)
+        if mode is not PoolMode.SESSION:
+            raise Refused(
+                "0A000",
+                f"pool_mode {mode.value} is not available yet",
+                hint='use pool_mode = "session"',
+            )
+        server = await self._acquire(cluster, user)
+        self.server = server
+        try:
+            if settings:
+                await server.simple_query(set_statements(settings))
+        except ServerError as exc:
+            raise Refused(
+                exc.sqlstate, f"start-up parameter rejected by the server: {exc.message}"
+            ) from None
+
+        self.reader.max_length = self.service.settings.max_message_size
+        out = [codec.AuthenticationOk().encode()]
+        out += [codec.ParameterStatus(k, v).encode() for k, v in server.parameters.items()]
+        out.append(codec.BackendKeyData(*self.backend_key).encode())
+        out.append(codec.ReadyForQuery(b"I").encode())
+        self.service.register_cancel(self)
+        server.attach(self)
+        self._forwarding = True
+        if self.transport is not None:
+            self.transport.writelines(out)
+        queued = self.take_queued()
+        if queued:
+            # A client that pipelined its first query behind the password message.
+            self._forward(b"".join(frame.data for frame in queued))
+        return True
+
+    async def _authenticate(self, name: str, user: UserConfig | None) -> None:
+        """Authenticate the client as `name`; an unknown user fails like a wrong password."""
+        method = user.auth if user is not None else AuthMethod.SCRAM_SHA_256
+        if method is AuthMethod.TRUST:
+            return
+        failed = Refused("28P01", f'password authentication failed for user "{name}"')
+        if method is AuthMethod.MD5:
+            salt = os.urandom(4)
+            self.write(codec.AuthenticationMD5Password(salt).encode())
+            reply = codec.decode_frontend(await self.next_frame())
+            if not isinstance(reply, codec.PasswordMessage):
+                raise ProtocolError("expected a password message")
+            if user is None or not md5_verify(
+                user.password, name, salt, reply.password.rstrip(b"\0")
+            ):
+                raise failed
+            return
+        verifier = self.service.scram_verifier(user)
+        self.write(codec.AuthenticationSASL(("SCRAM-SHA-256",)).encode())
+        initial = codec.decode_sasl_initial_response(await self.next_frame())
+        if initial.mechanism != "SCRAM-SHA-256":
+            raise Refused(
+                "28000", f"SASL mechanism {initial.mechanism!r} is not supported; use SCRAM-SHA-256"
+            )
+        scram = ScramServer(verifier)
+        try:
+            server_first = scram.handle_client_first(initial.data or b"")
+            self.write(codec.AuthenticationSASLContinue(server_first).encode())
+            response = codec.decode_sasl_response(await self.next_frame())
+            server_final = scram.handle_client_final(response.data)
+        except AuthenticationFailed:
+            raise failed from None
+        if user is None:
+            raise failed
+        self.write(codec.AuthenticationSASLFinal(server_final).encode())
+
+    async def _acquire(self, cluster: PgCluster, user: UserConfig) -> ServerConnection:
+        try:
+            server = cluster.runtime.primary()
+            pool = cluster.runtime.pool(user.name, server)
+            return await pool.acquire(cluster.config.query_wait_timeout)
+        except PoolTimeout as exc:
+            raise Refused("53300", str(exc)) from None
+        except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:
+            raise Refused("08006", str(exc)) from None
+        except ServerError as exc:
+            raise Refused(exc.sqlstate, f"server refused the pooled login: {exc.message}") from None
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    def _terminate(self) -> None:
+        self._forwarding = False
+        self._release_server()
+        self.close()
+
+    def _fail(self, exc: ProtocolError) -> None:
+        log.info("%r: protocol error: %s", self, exc.message)
+        self._send_error(exc.sqlstate, exc.message)
+        self._forwarding = False
+        self._release_server()
+        self.close()
+
+    def _send_error(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
+        self.write(codec.error_response(sqlstate, message, severity="FATAL", hint=hint))
+
+    def _release_server(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        cluster = self.cluster
+        server.detach()
+        clean = (
+            server.tx_status == b"I"
+            and self._pending == 0
+            and not self._unsynced
+            and not server.broken
+        )
+        if cluster is None or self.user is None:
+            server.close()
+            return
+        pool = cluster.runtime.pool(self.user.name, server.server)
+        if not clean:
+            pool.release(server, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
+            return
+        self.service.spawn(_reset_and_release(pool, server))
+
+    def is_idle(self) -> bool:
+        """True between transactions (or before login), when closing loses nothing."""
+        server = self.server
+        if server is None:
+            return True
+        return server.tx_status == b"I" and self._pending == 0 and not self._unsynced
+
+    def shutdown(self) -> None:
+        """Close this client because the balancer is stopping."""
+        self._send_error("57P01", "terminating connection: dbbalancer is shutting down")
+        self._forwarding = False
+        self._release_server()
+        self.close()
+
+    def cancel_target(self) -> ServerConnection | None:
+        """The server connection a CancelRequest for this client should reach."""
+        return self.server
+
+
+async def _reset_and_release(pool: Pool[ServerConnection], server: ServerConnection) -> None:
+    """Run the reset query, then give the connection back (or drop it if the reset fails)."""
+    try:
+        async with asyncio.timeout(5):
+            await server.reset()
+    except Exception as exc:
+        log.info("%r: reset failed (%s); dropping it", server, exc)
+        pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
+        return
+    pool.release(server)
+
+
+class Refused(Exception):
+    """A client request refused with a PostgreSQL error (sent as FATAL, then closed)."""
+
+    def __init__(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.hint = hint

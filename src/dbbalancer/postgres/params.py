@@ -1,0 +1,79 @@
+"""Start-up parameters a client asks for, replayed on a pooled server connection as SET.
+
+A pooled server connection was opened with the proxy's own start-up packet, so the settings a
+client put in its StartupMessage (application_name, DateStyle, TimeZone, search_path, the `-c`
+switches inside `options`, ...) are applied with SET when the client takes the connection;
+DISCARD ALL at release resets them.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings: only quotes are doubled)."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """A quoted identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def set_statements(settings: dict[str, str]) -> str:
+    """One simple-query string of SET commands for `settings`, in order.
+
+    Raises ValueError for a parameter name that is not a plain (optionally dotted) identifier.
+    """
+    parts = []
+    for name, value in settings.items():
+        if not _NAME.match(name):
+            raise ValueError(f"invalid parameter name {name!r}")
+        target = ".".join(quote_ident(p) for p in name.split("."))
+        parts.append(f"SET {target} TO {quote_literal(value)}")
+    return "; ".join(parts)
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """Settings from the `options` start-up parameter (`-c name=value` and `--name=value`).
+
+    Follows libpq/postmaster rules: words are separated by spaces, a backslash escapes the next
+    character. Other switches are ignored, as they only make sense to a postmaster.
+    """
+    words: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in options:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        words.append("".join(current))
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        setting: str | None = None
+        if word == "-c" and i + 1 < len(words):
+            setting = words[i + 1]
+            i += 1
+        elif (word.startswith("-c") and len(word) > 2) or word.startswith("--"):
+            setting = word[2:]
+        if setting and "=" in setting:
+            name, value = setting.split("=", 1)
+            out[name.replace("-", "_").lower()] = value
+        i += 1
+    return out

@@ -1,0 +1,218 @@
+"""The PostgreSQL side of the balancer: listener, clusters, users and cancel keys.
+
+Owned by the app (the composition root); it turns the typed config into runtime objects and hands
+client sessions what they need. There is one service per balancer instance: no module-level state,
+so two balancers can run in one process (the tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from dbbalancer.config import ClusterConfig, Config, GeneralConfig, Protocol, UserConfig
+from dbbalancer.core.cluster import Cluster
+from dbbalancer.core.pool import PoolLimits
+from dbbalancer.core.topology import Server, ServerRole
+from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
+from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
+from dbbalancer.postgres.frontend import ClientSession, Refused
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass(slots=True)
+class PgCluster:
+    """A configured PostgreSQL cluster and its runtime."""
+
+    config: ClusterConfig
+    runtime: Cluster[ServerConnection]
+
+
+def servers_of(cluster: ClusterConfig) -> list[Server]:
+    """Server identities from the config."""
+    return [
+        Server(
+            name=s.name or str(s.address),
+            host=s.address.host,
+            port=s.address.port,
+            role=ServerRole(s.role.value),
+            weight=float(s.weight),
+        )
+        for s in cluster.servers
+    ]
+
+
+class PostgresService:
+    """Everything the PostgreSQL listener needs, built from one Config."""
+
+    def __init__(self, config: Config, spawn: Spawn) -> None:
+        self.config = config
+        self.settings: GeneralConfig = config.general
+        self.spawn = spawn
+        self._users = {u.name: u for u in config.users}
+        self._verifiers: dict[str, ScramVerifier] = {}
+        self._clusters: dict[str, PgCluster] = {}
+        for cluster in config.clusters:
+            if cluster.protocol is Protocol.POSTGRES:
+                self._clusters[cluster.name] = PgCluster(cluster, self._make_runtime(cluster))
+        self._cancel: dict[tuple[int, int], ClientSession] = {}
+        self._clients_total = 0
+        self._clients_by_user: dict[str, int] = {}
+        self.server: asyncio.Server | None = None
+        self.sessions: set[ClientSession] = set()
+
+    def _make_runtime(self, cluster: ClusterConfig) -> Cluster[ServerConnection]:
+        general = self.config.general
+
+        async def connect(server: Server, user_name: str) -> ServerConnection:
+            user = self._users[user_name]
+            return await connect_server(
+                server,
+                user=user.name,
+                password=user.login_password,
+                database=cluster.server_database,
+                connect_timeout=general.server_connect_timeout,
+                max_length=general.max_message_size,
+            )
+
+        def limits(_user: str) -> PoolLimits:
+            return PoolLimits(
+                size=cluster.pool_size,
+                min_size=cluster.min_pool_size,
+                reserve_size=cluster.reserve_pool_size,
+                reserve_timeout=cluster.reserve_pool_timeout,
+                idle_timeout=cluster.server_idle_timeout,
+                lifetime=cluster.server_lifetime,
+            )
+
+        return Cluster(cluster.name, servers_of(cluster), connect=connect, limits=limits)
+
+    # -- lookups for sessions -------------------------------------------------------------------
+
+    def user(self, name: str) -> UserConfig | None:
+        """The configured user called `name`."""
+        return self._users.get(name)
+
+    def cluster(self, name: str) -> PgCluster | None:
+        """The PostgreSQL cluster clients reach with database name `name`."""
+        return self._clusters.get(name)
+
+    def cluster_names(self) -> list[str]:
+        """Names clients may connect to."""
+        return sorted(self._clusters)
+
+    def clusters(self) -> list[PgCluster]:
+        """Every PostgreSQL cluster."""
+        return list(self._clusters.values())
+
+    def scram_verifier(self, user: UserConfig | None) -> ScramVerifier:
+        """The user's SCRAM verifier, derived once from a plaintext password and cached.
+
+        For an unknown user a throw-away verifier is returned, so the exchange runs to the end and
+        fails like a wrong password (no user enumeration, as PostgreSQL does).
+        """
+        if user is None:
+            return ScramVerifier.from_password("", iterations=4096)
+        verifier = self._verifiers.get(user.name)
+        if verifier is None:
+            if is_scram_verifier(user.password):
+                verifier = ScramVerifier.parse(user.password)
+            else:
+                verifier = ScramVerifier.from_password(user.password)
+            self._verifiers[user.name] = verifier
+        return verifier
+
+    # -- client limits --------------------------------------------------------------------------
+
+    def client_connected(self, session: ClientSession) -> None:
+        """Count a logged-in client, refusing it over max_client_connections (SQLSTATE 53300)."""
+        user = session.user
+        assert user is not None
+        if self._clients_total >= self.settings.max_client_connections:
+            raise Refused(
+                "53300",
+                "too many client connections "
+                f"(general.max_client_connections = {self.settings.max_client_connections})",
+            )
+        count = self._clients_by_user.get(user.name, 0)
+        if user.max_client_connections is not None and count >= user.max_client_connections:
+            raise Refused(
+                "53300",
+                f'too many connections for user "{user.name}" '
+                f"(max_client_connections = {user.max_client_connections})",
+            )
+        self._clients_total += 1
+        self._clients_by_user[user.name] = count + 1
+
+    def client_disconnected(self, session: ClientSession) -> None:
+        """Undo `client_connected`."""
+        user = session.user
+        assert user is not None
+        self._clients_total -= 1
+        self._clients_by_user[user.name] -= 1
+
+    @property
+    def client_count(self) -> int:
+        """Logged-in clients."""
+        return self._clients_total
+
+    # -- cancel requests ------------------------------------------------------------------------
+
+    def register_cancel(self, session: ClientSession) -> None:
+        """Make the session's BackendKeyData reachable by a CancelRequest."""
+        self._cancel[session.backend_key] = session
+
+    def unregister_cancel(self, session: ClientSession) -> None:
+        """Forget the session's key."""
+        if self._cancel.get(session.backend_key) is session:
+            del self._cancel[session.backend_key]
+
+    async def cancel(self, process_id: int, secret_key: int) -> None:
+        """Relay a CancelRequest to the server running that client's query, if any."""
+        session = self._cancel.get((process_id, secret_key))
+        if session is None:
+            log.info("cancel request with an unknown key ignored")
+            return
+        server = session.cancel_target()
+        if server is None or server.backend_key is None:
+            return
+        await send_cancel(server.server, *server.backend_key, self.settings.server_connect_timeout)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        """Listen for clients."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ClientSession(self), host, port, reuse_address=True, backlog=1024
+        )
+        return self.server
+
+    async def maintain(self) -> None:
+        """One janitor tick over every cluster."""
+        for cluster in self._clusters.values():
+            await cluster.runtime.maintain()
+
+    def close_idle_sessions(self) -> None:
+        """Shutdown: close every client between transactions (SQLSTATE 57P01, as PostgreSQL)."""
+        for session in list(self.sessions):
+            if session.is_idle():
+                session.shutdown()
+
+    def close_all_sessions(self) -> None:
+        """Shutdown timeout reached: close every client now."""
+        for session in list(self.sessions):
+            session.shutdown()
+
+    def close(self) -> None:
+        """Stop listening and close the pools."""
+        if self.server is not None:
+            self.server.close()
+        for cluster in self._clusters.values():
+            cluster.runtime.close()

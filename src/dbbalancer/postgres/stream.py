@@ -1,0 +1,85 @@
+"""Message boundaries in a PostgreSQL byte stream, without buffering message bodies.
+
+The proxy forwards server output to the client unchanged; all it must know is where each message
+starts, so that it sees every ReadyForQuery ('Z', protocol section "Message Formats") and its
+transaction status. `BoundaryScanner` walks the 5-byte headers of a chunk and jumps over bodies,
+carrying at most a partial header (plus the status byte of a ReadyForQuery) to the next chunk.
+Sans-IO: bytes in, facts out.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from dbbalancer.postgres.codec import ProtocolError
+
+_LENGTH = struct.Struct("!I")
+_READY_FOR_QUERY = 0x5A  # 'Z'
+_ERROR_RESPONSE = 0x45  # 'E'
+
+
+class BoundaryScanner:
+    """Follows message boundaries across chunks of a backend stream.
+
+    After `feed(chunk)`, `ready_count` says how many ReadyForQuery messages ended in the chunk
+    and `last_status` holds the transaction status byte of the last one (b"I", b"T" or b"E").
+    `errors` counts ErrorResponse headers seen. A declared length below 4 or above `max_length`
+    raises ProtocolError before anything is buffered.
+    """
+
+    __slots__ = ("_partial", "_skip", "errors", "last_status", "max_length", "ready_count")
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._skip = 0  # bytes of the current message body still to come
+        self._partial = b""  # an incomplete header (< 5 bytes, or 5 of a 'Z' without its status)
+        self.ready_count = 0
+        self.last_status: bytes | None = None
+        self.errors = 0
+
+    def reset(self) -> None:
+        """Forget any partial state (after the stream was re-synchronised)."""
+        self._skip = 0
+        self._partial = b""
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the bytes fed so far end exactly at a message boundary."""
+        return self._skip == 0 and not self._partial
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> int:
+        """Scan one chunk; return the number of ReadyForQuery messages it completed."""
+        data: bytes | bytearray | memoryview
+        if self._partial:
+            data = self._partial + bytes(chunk)
+            self._partial = b""
+        else:
+            data = chunk
+        n = len(data)
+        pos = self._skip
+        ready = 0
+        max_length = self.max_length
+        unpack = _LENGTH.unpack_from
+        while pos + 5 <= n:
+            kind = data[pos]
+            (length,) = unpack(data, pos + 1)
+            if length < 4 or length > max_length:
+                raise ProtocolError(
+                    f"server sent a message of type {chr(kind)!r} with length {length} "
+                    f"(limit {max_length}); the stream is corrupt"
+                )
+            if kind == _READY_FOR_QUERY:
+                if pos + 6 > n:
+                    break
+                ready += 1
+                self.last_status = bytes(data[pos + 5 : pos + 6])
+            elif kind == _ERROR_RESPONSE:
+                self.errors += 1
+            pos += 1 + length
+        if pos >= n:
+            self._skip = pos - n
+        else:
+            self._skip = 0
+            self._partial = bytes(data[pos:])
+        self.ready_count += ready
+        return ready

@@ -1,0 +1,1096 @@
+"""A real local PostgreSQL primary with streaming hot-standby replicas, for tests and the demo.
+
+The cluster is built the way the PostgreSQL documentation describes streaming replication
+(server administration, chapter "High Availability, Load Balancing, and Replication"): one
+``initdb``, then ``pg_basebackup -R`` per standby with its own physical replication slot, then
+each standby starts in hot-standby mode and streams WAL from the primary.
+
+Every node lives in a private directory under one base directory: the data directory, the
+server log (written through ``pg_ctl -l``) and the Unix socket, so the machine's own PostgreSQL
+service (its sockets, its port, its configuration) is never touched.
+
+PostgreSQL refuses to run as root. When this process runs as root, every server-side program
+(``initdb``, ``pg_ctl``/``postgres``, ``pg_basebackup``) runs as an unprivileged account: the
+``postgres`` system user when it exists, else a system user ``dbbalancer`` created once with
+``useradd --system``. Clients (``psql``) keep running as the caller.
+
+Binaries are found in this order: ``$DBBALANCER_PG_BINDIR``; the highest
+``/usr/lib/postgresql/<version>/bin`` (Debian/Ubuntu layout) holding ``initdb``; ``pg_config
+--bindir``; ``PATH``. ``make setup`` installs them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import grp
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+from dbbalancer.testing.ports import LOOPBACK, free_ports
+
+__all__ = [
+    "PgCluster",
+    "PgClusterError",
+    "PgNode",
+    "ServerAccount",
+    "find_pg_bindir",
+    "server_account",
+]
+
+BINDIR_ENV = "DBBALANCER_PG_BINDIR"
+KEEP_ENV = "DBBALANCER_KEEP_CLUSTER"
+FALLBACK_SERVER_USER = "dbbalancer"
+_DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
+_SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 30.0
+_NULL_MARK = "\x1d<NULL>\x1d"
+_FIELD_SEP = "\x1f"
+_PORT_RETRIES = 3
+
+
+class PgClusterError(RuntimeError):
+    """The local cluster could not be found, started, queried or stopped."""
+
+
+@dataclass(frozen=True)
+class PgNode:
+    """One PostgreSQL server of the cluster: identity only, no runtime state."""
+
+    name: str
+    host: str
+    port: int
+    data_dir: Path
+
+    def address(self) -> str:
+        """Return ``host:port``, the form dbbalancer's configuration uses for a server."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def node_dir(self) -> Path:
+        """The node's private directory: data directory, log file and Unix socket."""
+        return self.data_dir.parent
+
+    @property
+    def log_file(self) -> Path:
+        """The server log that ``pg_ctl -l`` appends to."""
+        return self.node_dir / "server.log"
+
+
+@dataclass(frozen=True)
+class ServerAccount:
+    """The unprivileged OS account that server programs run as when we are root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def find_pg_bindir() -> Path:
+    """Locate the PostgreSQL server binaries (``initdb``, ``pg_ctl``, ``postgres``, ...).
+
+    Order: ``$DBBALANCER_PG_BINDIR``, the highest ``/usr/lib/postgresql/*/bin`` with ``initdb``,
+    ``pg_config --bindir``, then ``PATH``. Raises :class:`PgClusterError` telling the user to run
+    ``make setup`` when none holds every server program.
+    """
+    candidates: list[Path] = []
+    env_dir = os.environ.get(BINDIR_ENV)
+    if env_dir:
+        bindir = Path(env_dir)
+        if not _has_server_programs(bindir):
+            raise PgClusterError(
+                f"${BINDIR_ENV}={env_dir} does not contain the PostgreSQL server programs "
+                f"({', '.join(_SERVER_PROGRAMS)}); fix the variable or unset it"
+            )
+        return bindir
+    if _DEBIAN_PG_ROOT.is_dir():
+        versioned = [
+            p / "bin" for p in _DEBIAN_PG_ROOT.iterdir() if (p / "bin" / "initdb").exists()
+        ]
+        candidates.extend(
+            sorted(versioned, key=lambda p: _version_key(p.parent.name), reverse=True)
+        )
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            if out:
+                candidates.append(Path(out))
+    initdb = shutil.which("initdb")
+    if initdb is not None:
+        candidates.append(Path(initdb).resolve().parent)
+    for bindir in candidates:
+        if _has_server_programs(bindir):
+            return bindir
+    raise PgClusterError(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_basebackup) not found: "
+        f"looked in ${BINDIR_ENV}, {_DEBIAN_PG_ROOT}/*/bin, `pg_config --bindir` and PATH. "
+        "Run `make setup` (as root it installs postgresql-15) or set "
+        f"{BINDIR_ENV} to the directory that holds initdb."
+    )
+
+
+def server_account() -> ServerAccount | None:
+    """Return the account server programs must run as, or ``None`` to run them as ourselves.
+
+    PostgreSQL's postmaster and initdb exit with "cannot be run as root" when the effective uid
+    is 0, so as root we pick ``postgres`` or create the system user ``dbbalancer``.
+    """
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", FALLBACK_SERVER_USER):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return ServerAccount(name, entry.pw_uid, entry.pw_gid)
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise PgClusterError(
+            "running as root, no `postgres` user and no `useradd` to create the system user "
+            f"`{FALLBACK_SERVER_USER}`: create an unprivileged user for the PostgreSQL servers"
+        )
+    result = subprocess.run(
+        [useradd, "--system", "--user-group", "--no-create-home", FALLBACK_SERVER_USER],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    try:
+        entry = pwd.getpwnam(FALLBACK_SERVER_USER)
+    except KeyError:
+        raise PgClusterError(
+            f"could not create system user {FALLBACK_SERVER_USER!r}: {result.stderr.strip()}"
+        ) from None
+    return ServerAccount(FALLBACK_SERVER_USER, entry.pw_uid, entry.pw_gid)
+
+
+class PgCluster:
+    """A primary plus ``replicas`` streaming hot standbys on loopback, started from local binaries.
+
+    Nodes are named ``primary``, ``replica1``, ``replica2``, ...; replica options are keyed by the
+    0-based replica index. Every standby connects with ``application_name=<its name>`` and uses a
+    physical replication slot of the same name, so ``pg_stat_replication`` and
+    ``synchronous_standby_names`` refer to it by name.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. An ``atexit`` hook stops a
+    cluster the program forgot; a process killed without running ``atexit`` handlers (SIGKILL,
+    ``os._exit``) leaves its servers running, but :meth:`stop` only ever signals the postmaster
+    PIDs recorded for this cluster, never processes found by name.
+    """
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        *,
+        base_dir: Path | None = None,
+        user: str = "app",
+        password: str = "app",
+        database: str = "app",
+        superuser: str = "dbb_admin",
+        superuser_password: str = "admin",
+        replica_apply_delay: dict[int, str] | None = None,
+        synchronous_replica: int | None = None,
+        max_connections: int = 300,
+        extra_conf: dict[str, str] | None = None,
+        keep: bool = False,
+    ) -> None:
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        delays = dict(replica_apply_delay or {})
+        for index in delays:
+            if not 0 <= index < replicas:
+                raise ValueError(f"replica_apply_delay index {index} is not in 0..{replicas - 1}")
+        if synchronous_replica is not None and not 0 <= synchronous_replica < replicas:
+            raise ValueError(
+                f"synchronous_replica {synchronous_replica} is not in 0..{replicas - 1}"
+            )
+        if user == superuser:
+            raise ValueError("user and superuser must differ")
+        self._replica_count = replicas
+        self._requested_base_dir = base_dir
+        self.user = user
+        self.password = password
+        self.database = database
+        self.superuser = superuser
+        self.superuser_password = superuser_password
+        self._delays = delays
+        self._sync_index = synchronous_replica
+        self._max_connections = max_connections
+        self._extra_conf = dict(extra_conf or {})
+        self.keep = keep or os.environ.get(KEEP_ENV, "") not in ("", "0")
+
+        self._bindir: Path | None = None
+        self._account: ServerAccount | None = None
+        self._base_dir: Path | None = None
+        self._owns_base_dir = False
+        self._nodes: dict[str, PgNode] = {}
+        self._primary_name: str | None = None
+        self._standby_names: list[str] = []
+        self._pids: dict[str, int] = {}
+        self._atexit_registered = False
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory holding every node directory (valid once :meth:`start` ran)."""
+        if self._base_dir is None:
+            raise PgClusterError("the cluster has not been started")
+        return self._base_dir
+
+    @property
+    def primary(self) -> PgNode:
+        """The node currently acting as primary (the promoted one after :meth:`promote`)."""
+        if self._primary_name is None:
+            raise PgClusterError("the cluster has not been started")
+        return self._nodes[self._primary_name]
+
+    @property
+    def replicas(self) -> list[PgNode]:
+        """The current standbys, running or stopped, in creation order."""
+        return [self._nodes[name] for name in self._standby_names]
+
+    @property
+    def nodes(self) -> list[PgNode]:
+        """Every node ever created, in creation order (a demoted old primary included)."""
+        return list(self._nodes.values())
+
+    def node(self, name: str) -> PgNode:
+        """Return the node called ``name`` (``primary``, ``replica1``, ...)."""
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise PgClusterError(f"no node named {name!r}") from None
+
+    def postmaster_pid(self, node: PgNode) -> int | None:
+        """The PID recorded when ``node`` last started, or ``None`` if it is not running."""
+        pid = self._pids.get(node.name)
+        if pid is None or not _pid_alive(pid):
+            return None
+        return pid
+
+    def is_running(self, node: PgNode) -> bool:
+        """Whether ``node``'s postmaster (as recorded by us) is alive."""
+        return self.postmaster_pid(node) is not None
+
+    # ----------------------------------------------------------------- connection strings
+
+    def dsn(
+        self,
+        node: PgNode,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
+    ) -> str:
+        """A libpq keyword/value connection string (libpq "Connection Strings") over TCP."""
+        pairs = {
+            "host": node.host,
+            "port": str(node.port),
+            "user": self.user if user is None else user,
+            "password": self.password if password is None else password,
+            "dbname": self.database if database is None else database,
+        }
+        return " ".join(f"{key}={_conninfo_quote(value)}" for key, value in pairs.items())
+
+    def url(
+        self,
+        node: PgNode,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
+    ) -> str:
+        """A ``postgresql://user:password@host:port/dbname`` URI (libpq "Connection URIs")."""
+        return (
+            f"postgresql://{quote(self.user if user is None else user, safe='')}"
+            f":{quote(self.password if password is None else password, safe='')}"
+            f"@{node.host}:{node.port}"
+            f"/{quote(self.database if database is None else database, safe='')}"
+        )
+
+    def admin_dsn(self, node: PgNode) -> str:
+        """A superuser connection string over TCP (SCRAM-SHA-256), to the ``postgres`` database."""
+        return self.dsn(
+            node, user=self.superuser, password=self.superuser_password, database="postgres"
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> PgCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> PgCluster:
+        """Create and start the primary and every standby; return once all stream.
+
+        Follows the documented setup: ``initdb``; a SCRAM-SHA-256 login role owning the
+        database plus a superuser; one ``pg_basebackup -R -C -S <slot>`` per standby; standbys
+        start in hot-standby mode. Returns when ``pg_stat_replication`` shows every standby
+        ``streaming`` and the login role can connect over TCP to every node.
+        """
+        if self._primary_name is not None:
+            raise PgClusterError("the cluster is already started")
+        self._bindir = find_pg_bindir()
+        self._account = server_account()
+        self._prepare_base_dir()
+        self._register_atexit()
+        try:
+            self._start_cluster()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_cluster(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        ports = free_ports(self._replica_count + 1)
+        primary = self._make_node("primary", ports[0])
+        self._primary_name = primary.name
+        self._initdb(primary)
+        self._write_base_conf(primary)
+        self._write_hba(primary)
+        self._write_node_conf(primary, apply_delay=None)
+        primary = self._start_with_port_retry(primary)
+        self._bootstrap_roles(primary)
+
+        for index in range(self._replica_count):
+            replica = self._make_node(f"replica{index + 1}", ports[index + 1])
+            self._base_backup(replica)
+            self._write_node_conf(replica, apply_delay=self._delays.get(index))
+            self._standby_names.append(replica.name)
+        for name in list(self._standby_names):
+            self._start_with_port_retry(self._nodes[name])
+
+        self.wait_streaming(timeout=max(1.0, deadline - time.monotonic()))
+        if self._sync_index is not None:
+            self._make_synchronous(self.replicas[self._sync_index], deadline)
+        for node in self.nodes:
+            self._wait_login(node, deadline)
+
+    def stop(self) -> None:
+        """Stop every node still running and remove the base directory; safe to call twice.
+
+        Each node gets a fast shutdown (``pg_ctl stop -m fast``), then immediate, then SIGKILL
+        to its recorded postmaster PID. The base directory is kept when ``keep`` is set or
+        ``$DBBALANCER_KEEP_CLUSTER=1``.
+        """
+        errors: list[str] = []
+        running = [node for node in self.nodes if self.is_running(node)]
+        # Standbys first: a fast-stopping primary waits for its walsenders to send the
+        # shutdown checkpoint, which is quicker when no standby is still connected.
+        running.sort(key=lambda node: node.name == self._primary_name)
+        self._stop_nodes(running, "fast", errors)
+        self._stop_nodes([n for n in running if self.is_running(n)], "immediate", errors)
+        for node in running:
+            if self.is_running(node):
+                self._kill_postmaster(node, errors)
+        if self._atexit_registered:
+            atexit.unregister(self._atexit_stop)
+            self._atexit_registered = False
+        self._pids.clear()
+        if self._base_dir is not None and not self.keep:
+            self._remove_files()
+        still = [node.name for node in running if self.is_running(node)]
+        if still:
+            raise PgClusterError(f"could not stop {still}: {'; '.join(errors)}")
+
+    def stop_node(self, node: PgNode, mode: str = "immediate") -> None:
+        """Stop one node with ``pg_ctl stop -m <mode>`` (smart, fast or immediate)."""
+        if mode not in ("smart", "fast", "immediate"):
+            raise ValueError(f"unknown shutdown mode {mode!r}")
+        if not self.is_running(node):
+            return
+        errors: list[str] = []
+        self._stop_nodes([node], mode, errors)
+        if self.is_running(node):
+            self._kill_postmaster(node, errors)
+        if self.is_running(node):
+            raise PgClusterError(f"could not stop {node.name}: {'; '.join(errors)}")
+
+    def start_node(self, node: PgNode) -> None:
+        """Start a stopped node again; a standby is back once it streams from the primary."""
+        if self.is_running(node):
+            return
+        self._start_server(node)
+        if node.name in self._standby_names and self.is_running(self.primary):
+            self.wait_streaming()
+
+    def promote(self, node: PgNode) -> None:
+        """Promote a standby with ``pg_ctl promote -w`` and make it the primary.
+
+        The old primary leaves both :attr:`primary` and :attr:`replicas` (it cannot rejoin
+        without ``pg_rewind``; starting it again would make a second primary). Other running
+        standbys are pointed at the new primary with ``ALTER SYSTEM SET primary_conninfo`` and a
+        reload, and follow its new timeline (``recovery_target_timeline = 'latest'``); that only
+        works if they did not receive WAL the new primary lacks, so stop the old primary first.
+        """
+        if node.name not in self._standby_names:
+            raise PgClusterError(f"{node.name} is not a standby")
+        if not self.is_running(node):
+            raise PgClusterError(f"{node.name} is not running")
+        self._pg_ctl(node, "promote", "-w", "-t", str(int(_START_TIMEOUT)))
+        self._standby_names.remove(node.name)
+        self._primary_name = node.name
+        for standby in self.replicas:
+            self.sql(
+                node,
+                "SELECT pg_create_physical_replication_slot(name) FROM (SELECT "
+                f"{_sql_literal(standby.name)}::name AS name) s WHERE NOT EXISTS (SELECT "
+                "FROM pg_replication_slots r WHERE r.slot_name = s.name)",
+            )
+            if self.is_running(standby):
+                self.sql(
+                    standby,
+                    "ALTER SYSTEM SET primary_conninfo = "
+                    f"{_sql_literal(self._primary_conninfo(standby))}",
+                )
+                self.sql(standby, "SELECT pg_reload_conf()")
+
+    # ----------------------------------------------------------------- queries and waiting
+
+    def sql(self, node: PgNode, query: str) -> list[tuple[str | None, ...]]:
+        """Run ``query`` as the superuser with ``psql -X -A -t`` and return its rows as text.
+
+        NULL comes back as ``None``. Raises :class:`PgClusterError` with psql's stderr when the
+        query fails (``ON_ERROR_STOP``).
+        """
+        result = self._psql(node, self.superuser, self.superuser_password, "postgres", query)
+        if result.returncode != 0:
+            raise PgClusterError(
+                f"psql on {node.name} ({node.address()}) failed: {result.stderr.strip()}\n"
+                f"query: {query}"
+            )
+        return _parse_psql_output(result.stdout)
+
+    def wait_streaming(self, timeout: float = 30.0) -> None:
+        """Wait until every running standby shows ``state = 'streaming'`` in the primary's
+        ``pg_stat_replication`` under its application_name; raise with log tails on timeout."""
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while True:
+            wanted = {n.name for n in self.replicas if self.is_running(n)}
+            try:
+                rows = self.sql(
+                    self.primary, "SELECT application_name, state FROM pg_stat_replication"
+                )
+                streaming = {row[0] for row in rows if row[1] == "streaming"}
+                last_error = f"pg_stat_replication: {rows}"
+            except PgClusterError as exc:
+                streaming = set()
+                last_error = str(exc)
+            missing = wanted - streaming
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                involved = [self.primary, *(self._nodes[name] for name in sorted(missing))]
+                raise PgClusterError(
+                    f"standbys {sorted(missing)} not streaming after {timeout:.0f}s "
+                    f"({last_error})\n{self._log_tails(involved)}"
+                )
+            time.sleep(0.1)
+
+    def log_tail(self, node: PgNode, lines: int = 50) -> str:
+        """The last ``lines`` lines of ``node``'s server log ("" if it does not exist)."""
+        try:
+            text = node.log_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tails(self, lines: int = 50) -> str:
+        """Log tails of every node, each under a header naming the node."""
+        return self._log_tails(self.nodes, lines)
+
+    # ----------------------------------------------------------------- internals: setup
+
+    def _prepare_base_dir(self) -> None:
+        if self._requested_base_dir is None:
+            self._base_dir = Path(tempfile.mkdtemp(prefix="dbbalancer-pg-"))
+            self._owns_base_dir = True
+        else:
+            base = self._requested_base_dir.resolve()
+            self._owns_base_dir = not base.exists()
+            base.mkdir(parents=True, exist_ok=True)
+            self._base_dir = base
+        if self._account is not None:
+            os.chown(self._base_dir, self._account.uid, self._account.gid)
+            blocked = _untraversable_parent(self._base_dir, self._account)
+            if blocked is not None:
+                raise PgClusterError(
+                    f"the server user {self._account.name!r} cannot traverse {blocked}: "
+                    f"pick a base_dir whose parents are world-searchable (e.g. under /tmp)"
+                )
+
+    def _make_node(self, name: str, port: int) -> PgNode:
+        node_dir = self.base_dir / name
+        if node_dir.exists():
+            raise PgClusterError(f"{node_dir} already exists; use an empty base_dir")
+        node_dir.mkdir(mode=0o700)
+        if self._account is not None:
+            os.chown(node_dir, self._account.uid, self._account.gid)
+        node = PgNode(name=name, host=LOOPBACK, port=port, data_dir=node_dir / "data")
+        self._nodes[name] = node
+        return node
+
+    def _initdb(self, node: PgNode) -> None:
+        # Trust for the bootstrap only; _write_hba replaces pg_hba.conf before the first start.
+        self._run_server_program(
+            node,
+            [
+                self._bin("initdb"),
+                "-D",
+                str(node.data_dir),
+                "-U",
+                self.superuser,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            what="initdb",
+        )
+
+    def _write_base_conf(self, node: PgNode) -> None:
+        settings: dict[str, str] = {
+            "listen_addresses": LOOPBACK,
+            "wal_level": "replica",
+            "hot_standby": "on",
+            "max_wal_senders": "10",
+            "max_replication_slots": "10",
+            "wal_keep_size": "256MB",
+            "fsync": "off",
+            "full_page_writes": "off",
+            "synchronous_commit": "on",
+            "shared_buffers": "64MB",
+            "max_connections": str(self._max_connections),
+            "logging_collector": "off",
+            "log_line_prefix": "%m [%p] %q%u@%d %a ",
+            "password_encryption": "scram-sha-256",
+            "hot_standby_feedback": "on",
+            "wal_receiver_status_interval": "1s",
+            "wal_sender_timeout": "10s",
+            "wal_receiver_timeout": "10s",
+            # A standby whose upstream vanished retries after this; the 5s default slows
+            # restart and failover tests for no benefit on loopback.
+            "wal_retrieve_retry_interval": "500ms",
+        }
+        settings.update(self._extra_conf)
+        lines = [f"{key} = {_conf_quote(value)}" for key, value in settings.items()]
+        # Per-node settings (port, socket directory, apply delay) live in node.conf, which
+        # pg_basebackup copies too; each standby then overwrites its own copy.
+        lines.append("include_if_exists = 'node.conf'")
+        conf = node.data_dir / "postgresql.conf"
+        with conf.open("a", encoding="utf-8") as handle:
+            handle.write("\n# dbbalancer test cluster\n" + "\n".join(lines) + "\n")
+
+    def _write_hba(self, node: PgNode) -> None:
+        hba = "\n".join(
+            [
+                "# dbbalancer test cluster: the socket sits in a private directory",
+                "local all all trust",
+                "local replication all trust",
+                f"host replication {_hba_quote(self.superuser)} {LOOPBACK}/32 scram-sha-256",
+                f"host all all {LOOPBACK}/32 scram-sha-256",
+                "",
+            ]
+        )
+        (node.data_dir / "pg_hba.conf").write_text(hba, encoding="utf-8")
+
+    def _write_node_conf(self, node: PgNode, *, apply_delay: str | None) -> None:
+        settings = {
+            "port": str(node.port),
+            "unix_socket_directories": str(node.node_dir),
+            "cluster_name": node.name,
+        }
+        if apply_delay is not None:
+            settings["recovery_min_apply_delay"] = apply_delay
+        text = "".join(f"{key} = {_conf_quote(value)}\n" for key, value in settings.items())
+        path = node.data_dir / "node.conf"
+        path.write_text(text, encoding="utf-8")
+        if self._account is not None:
+            os.chown(path, self._account.uid, self._account.gid)
+
+    def _bootstrap_roles(self, primary: PgNode) -> None:
+        # initdb made the superuser without a password; set it over the trusted local socket.
+        statements = [
+            f"ALTER ROLE {_sql_ident(self.superuser)} PASSWORD "
+            f"{_sql_literal(self.superuser_password)}",
+            f"CREATE ROLE {_sql_ident(self.user)} LOGIN PASSWORD {_sql_literal(self.password)}",
+        ]
+        for statement in statements:
+            self._socket_sql(primary, statement)
+        exists = self._socket_sql(
+            primary, f"SELECT 1 FROM pg_database WHERE datname = {_sql_literal(self.database)}"
+        )
+        if exists.strip():
+            self._socket_sql(
+                primary,
+                f"ALTER DATABASE {_sql_ident(self.database)} OWNER TO {_sql_ident(self.user)}",
+            )
+        else:
+            self._socket_sql(
+                primary,
+                f"CREATE DATABASE {_sql_ident(self.database)} OWNER {_sql_ident(self.user)}",
+            )
+
+    def _base_backup(self, replica: PgNode) -> None:
+        primary = self.primary
+        conninfo = (
+            f"host={primary.host} port={primary.port} user={_conninfo_quote(self.superuser)} "
+            f"application_name={replica.name}"
+        )
+        self._run_server_program(
+            replica,
+            [
+                self._bin("pg_basebackup"),
+                "-D",
+                str(replica.data_dir),
+                "-d",
+                conninfo,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-R",
+                "-C",
+                "-S",
+                replica.name,
+                "--no-sync",
+            ],
+            what=f"pg_basebackup for {replica.name}",
+            env={"PGPASSWORD": self.superuser_password},
+            log_nodes=[primary],
+        )
+        # pg_basebackup -R already wrote a primary_conninfo; a later line in the same file
+        # wins, so this pins exactly the connection string we want (password included, since
+        # the walreceiver has no PGPASSWORD).
+        auto = replica.data_dir / "postgresql.auto.conf"
+        with auto.open("a", encoding="utf-8") as handle:
+            handle.write(f"primary_conninfo = {_conf_quote(self._primary_conninfo(replica))}\n")
+            handle.write(f"primary_slot_name = {_conf_quote(replica.name)}\n")
+
+    def _primary_conninfo(self, replica: PgNode) -> str:
+        primary = self.primary
+        return (
+            f"host={primary.host} port={primary.port} user={_conninfo_quote(self.superuser)} "
+            f"password={_conninfo_quote(self.superuser_password)} "
+            f"application_name={replica.name}"
+        )
+
+    def _make_synchronous(self, replica: PgNode, deadline: float) -> None:
+        # Set only now: with a synchronous standby named before it exists, every commit made
+        # while bootstrapping roles would wait forever.
+        self.sql(
+            self.primary,
+            f"ALTER SYSTEM SET synchronous_standby_names = {_sql_literal(replica.name)}",
+        )
+        self.sql(self.primary, "SELECT pg_reload_conf()")
+        query = (
+            "SELECT sync_state FROM pg_stat_replication "
+            f"WHERE application_name = {_sql_literal(replica.name)}"
+        )
+        while self.sql(self.primary, query) != [("sync",)]:
+            if time.monotonic() >= deadline:
+                raise PgClusterError(
+                    f"{replica.name} did not become the synchronous standby\n"
+                    f"{self._log_tails([self.primary, replica])}"
+                )
+            time.sleep(0.05)
+
+    def _wait_login(self, node: PgNode, deadline: float) -> None:
+        while True:
+            result = self._psql(node, self.user, self.password, self.database, "SELECT 1")
+            if result.returncode == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise PgClusterError(
+                    f"user {self.user!r} cannot log in to {node.name} ({node.address()}): "
+                    f"{result.stderr.strip()}\n{self._log_tails([node])}"
+                )
+            time.sleep(0.1)
+
+    # ----------------------------------------------------------------- internals: processes
+
+    def _bin(self, program: str) -> str:
+        assert self._bindir is not None, "find_pg_bindir() runs in start()"
+        return str(self._bindir / program)
+
+    def _client_bin(self, program: str) -> str:
+        assert self._bindir is not None, "find_pg_bindir() runs in start()"
+        local = self._bindir / program
+        if local.exists():
+            return str(local)
+        found = shutil.which(program)
+        if found is None:
+            raise PgClusterError(f"{program} not found in {self._bindir} or PATH")
+        return found
+
+    def _server_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        # Inherited PGHOST/PGPORT/PGDATA/... would silently redirect our programs, e.g. to the
+        # machine's own server.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGCONNECT_TIMEOUT"] = "5"
+        env["LC_ALL"] = "C"
+        if self._account is not None:
+            env["HOME"] = str(self.base_dir)
+            env["USER"] = env["LOGNAME"] = self._account.name
+        env.update(extra or {})
+        return env
+
+    def _run_server_program(
+        self,
+        node: PgNode,
+        args: Sequence[str],
+        *,
+        what: str,
+        env: Mapping[str, str] | None = None,
+        log_nodes: Iterable[PgNode] = (),
+        check: bool = True,
+        timeout: float = _START_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:
+        account = self._account
+        try:
+            result = subprocess.run(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                # The server user may not be able to enter our cwd (e.g. /root): postgres then
+                # fails with "could not identify current directory".
+                cwd=node.node_dir,
+                env=self._server_env(env),
+                timeout=timeout,
+                check=False,
+                user=None if account is None else account.uid,
+                group=None if account is None else account.gid,
+                extra_groups=None if account is None else [],
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PgClusterError(
+                f"{what} timed out after {timeout:.0f}s\n{self._log_tails([node, *log_nodes])}"
+            ) from exc
+        if check and result.returncode != 0:
+            raise PgClusterError(
+                f"{what} failed (exit {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}\n"
+                f"{self._log_tails([node, *log_nodes])}"
+            )
+        return result
+
+    def _pg_ctl(
+        self, node: PgNode, *args: str, check: bool = True, timeout: float = _START_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run_server_program(
+            node,
+            [self._bin("pg_ctl"), "-D", str(node.data_dir), *args],
+            what=f"pg_ctl {args[0]} on {node.name}",
+            check=check,
+            timeout=timeout + 10,
+        )
+
+    def _start_server(self, node: PgNode) -> None:
+        self._pg_ctl(node, "start", "-w", "-t", str(int(_START_TIMEOUT)), "-l", str(node.log_file))
+        pid = _read_postmaster_pid(node.data_dir)
+        if pid is None:
+            raise PgClusterError(f"{node.name} started but wrote no postmaster.pid")
+        self._pids[node.name] = pid
+
+    def _start_with_port_retry(self, node: PgNode) -> PgNode:
+        # free_ports() closes its sockets before postgres binds, so another process can grab
+        # the port meanwhile; pick a new one rather than fail the whole run.
+        for attempt in range(_PORT_RETRIES):
+            try:
+                self._start_server(node)
+                return node
+            except PgClusterError:
+                if attempt + 1 == _PORT_RETRIES or "already in use" not in self.log_tail(node):
+                    raise
+            node = PgNode(node.name, node.host, free_ports(1)[0], node.data_dir)
+            self._nodes[node.name] = node
+            self._write_node_conf(node, apply_delay=self._node_delay(node))
+        raise AssertionError("unreachable")
+
+    def _node_delay(self, node: PgNode) -> str | None:
+        if node.name.startswith("replica"):
+            return self._delays.get(int(node.name.removeprefix("replica")) - 1)
+        return None
+
+    def _stop_nodes(self, nodes: Sequence[PgNode], mode: str, errors: list[str]) -> None:
+        # Run the pg_ctl processes side by side: each waits for its own shutdown checkpoint.
+        account = self._account
+        procs: list[tuple[PgNode, subprocess.Popen[str]]] = []
+        for node in nodes:
+            proc = subprocess.Popen(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(node.data_dir),
+                    "stop",
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    str(int(_STOP_TIMEOUT)),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=node.node_dir if node.node_dir.exists() else None,
+                env=self._server_env(),
+                user=None if account is None else account.uid,
+                group=None if account is None else account.gid,
+                extra_groups=None if account is None else [],
+            )
+            procs.append((node, proc))
+        for node, proc in procs:
+            try:
+                output, _ = proc.communicate(timeout=_STOP_TIMEOUT + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
+            if proc.returncode != 0 and self.is_running(node):
+                errors.append(f"{node.name} ({mode}): {output.strip()}")
+
+    def _kill_postmaster(self, node: PgNode, errors: list[str]) -> None:
+        pid = self._pids.get(node.name)
+        if pid is None or not _is_our_postmaster(pid, node.data_dir):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            errors.append(f"{node.name}: postmaster {pid} survived SIGKILL")
+
+    def _atexit_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+    def _register_atexit(self) -> None:
+        if not self._atexit_registered:
+            atexit.register(self._atexit_stop)
+            self._atexit_registered = True
+
+    def _remove_files(self) -> None:
+        assert self._base_dir is not None
+        if self._owns_base_dir:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+        else:
+            for node in self.nodes:
+                shutil.rmtree(node.node_dir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- internals: clients
+
+    def _psql(
+        self, node: PgNode, user: str, password: str, database: str, query: str
+    ) -> subprocess.CompletedProcess[str]:
+        conninfo = self.dsn(node, user=user, password="", database=database)
+        conninfo = conninfo.replace("password='' ", "")
+        args = [
+            self._client_bin("psql"),
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-0",
+            "-F",
+            _FIELD_SEP,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-P",
+            f"null={_NULL_MARK}",
+            "-d",
+            conninfo,
+            "-c",
+            query,
+        ]
+        env = self._server_env({"PGPASSWORD": password})
+        env.pop("LC_ALL")
+        try:
+            return subprocess.run(
+                args,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=_START_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PgClusterError(f"psql on {node.name} timed out: {query}") from exc
+
+    def _socket_sql(self, node: PgNode, query: str) -> str:
+        # Before passwords exist the only way in is the trusted Unix socket.
+        result = subprocess.run(
+            [
+                self._client_bin("psql"),
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(node.node_dir),
+                "-p",
+                str(node.port),
+                "-U",
+                self.superuser,
+                "-d",
+                "postgres",
+                "-c",
+                query,
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=self._server_env(),
+            timeout=_START_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise PgClusterError(
+                f"bootstrap SQL on {node.name} failed: {result.stderr.strip()}\nquery: {query}"
+            )
+        return result.stdout
+
+    def _log_tails(self, nodes: Iterable[PgNode], lines: int = 50) -> str:
+        parts = []
+        for node in nodes:
+            parts.append(f"----- {node.name} ({node.address()}) {node.log_file} -----")
+            parts.append(self.log_tail(node, lines) or "(no log)")
+        return "\n".join(parts)
+
+
+# --------------------------------------------------------------------- pure helpers
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name)) or (-1,)
+
+
+def _has_server_programs(bindir: Path) -> bool:
+    return all(os.access(bindir / program, os.X_OK) for program in _SERVER_PROGRAMS)
+
+
+def _conninfo_quote(value: str) -> str:
+    """Quote a libpq keyword/value value: single quotes, backslash escapes (libpq 34.1.1)."""
+    if value and re.fullmatch(r"[A-Za-z0-9_.\-/:@]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _conf_quote(value: str) -> str:
+    """Quote a postgresql.conf string value: single quotes doubled (config "Parameter Names")."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _hba_quote(value: str) -> str:
+    """pg_hba.conf user field: double-quote so that names like ``all`` stay literal."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _sql_literal(value: str) -> str:
+    """A standard-conforming SQL string literal (standard_conforming_strings is on)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_ident(value: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _parse_psql_output(output: str) -> list[tuple[str | None, ...]]:
+    """Split ``psql -A -t -0 -F <US>`` output: NUL ends each record, US separates fields.
+
+    PostgreSQL text values never contain NUL, so records split unambiguously; a value holding
+    the ASCII unit separator would be split, which no caller of this test helper needs.
+    """
+    records = output.split("\0")
+    # psql ends unaligned output with a newline after the last record separator.
+    if records and records[-1] in ("", "\n"):
+        records.pop()
+    return [
+        tuple(None if field == _NULL_MARK else field for field in record.split(_FIELD_SEP))
+        for record in records
+    ]
+
+
+def _read_postmaster_pid(data_dir: Path) -> int | None:
+    """First line of ``postmaster.pid`` (see ``src/include/miscadmin.h`` LOCK_FILE_LINE_PID)."""
+    try:
+        first = (data_dir / "postmaster.pid").read_text(encoding="utf-8").splitlines()[0]
+        return int(first.strip())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie waiting for a reaper."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] != "Z"
+
+
+def _is_our_postmaster(pid: int, data_dir: Path) -> bool:
+    """Guard against PID reuse: the process must be a postgres running on ``data_dir``."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        # Without /proc we cannot check; the PID came from our own postmaster.pid.
+        return True
+    return os.fsencode(str(data_dir)) in cmdline
+
+
+def _untraversable_parent(path: Path, account: ServerAccount) -> Path | None:
+    """The first ancestor of ``path`` that ``account`` may not search, if any."""
+    groups = {account.gid} | {g.gr_gid for g in grp.getgrall() if account.name in g.gr_mem}
+    for parent in path.parents:
+        info = parent.stat()
+        if info.st_uid == account.uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return parent
+    return None

@@ -131,7 +131,7 @@ class Balancer:
 
     def _weighted(self, candidates: list[Candidate]) -> list[Candidate]:
         rank = self._rotation(candidates)
-        positive = sorted((c for c in candidates if c.weight >= 0), key=lambda c: c.key)
+        positive = sorted((c for c in candidates if c.weight > 0), key=lambda c: c.key)
         zero = sorted((c for c in candidates if c.weight <= 0), key=lambda c: rank[c.key])
         if not positive:
             # All weights zero: nobody is preferred, so share the work evenly.
@@ -142,8 +142,9 @@ class Balancer:
         if stale:
             for key in stale:
                 del current[key]
-            # nginx keeps sum(current) == 0 after each pick; dropping a server breaks that, so
-            # re-centre the scores to keep them bounded and the split exact from here on.
+            # nginx keeps sum(current) == 0 after each pick; dropping a server breaks that. A
+            # uniform shift changes no comparison, it only keeps the scores near zero so that
+            # many membership changes cannot let them drift to where floats lose precision.
             if current:
                 shift = sum(current.values()) / len(current)
                 for key in current:

@@ -252,7 +252,8 @@ def test_error_response_helper() -> None:
         "H": "h",
     }
     assert (msg.sqlstate, msg.message, msg.severity) == ("28P01", "bad password", "FATAL")
-    assert data.startswith(b"E") and data.endswith(b"h\x00\x00")
+    assert data.startswith(b"E")
+    assert data.endswith(b"h\x00\x00")
 
 
 def test_notice_response_helper() -> None:

@@ -906,10 +906,14 @@ FrontendMessage: TypeAlias = (
 
 
 def _d_query(frame: Frame) -> Query:
-    cur = _Cursor(frame, "Query")
-    sql = cur.cstring()
-    cur.done()
-    return Query(sql)
+    # Hot path: one terminated string filling the body, checked without a cursor.
+    data = frame.data
+    if data.find(b"\0", 5) != len(data) - 1:
+        raise ProtocolError("invalid Query message: the query string must fill the body")
+    try:
+        return Query(data[5:-1].decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"invalid Query message: invalid UTF-8: {exc.reason}") from None
 
 
 def _d_parse(frame: Frame) -> Parse:
@@ -1419,8 +1423,9 @@ class NegotiateProtocolVersion:
     """NegotiateProtocolVersion ('v'): the newest supported minor version and the
     ``_pq_.`` options the server did not recognize.
 
-    PostgreSQL 18 sends the full version number (``major << 16 | minor``) in the first field;
-    older servers the bare minor number. The value is kept as received.
+    Despite the field's name in older documentation, PostgreSQL sends the full version number
+    (``PG_PROTOCOL_LATEST``, i.e. ``major << 16 | minor``: 196608 for 3.0) and libpq reads it
+    that way, so a 3.0 proxy should send :data:`PROTOCOL_VERSION_3`. Kept as received.
     """
 
     TYPE: ClassVar[bytes] = BackendType.NEGOTIATE_PROTOCOL_VERSION
@@ -1536,11 +1541,9 @@ def _d_parameter_status(frame: Frame) -> ParameterStatus:
 
 
 def _d_ready_for_query(frame: Frame) -> ReadyForQuery:
-    cur = _Cursor(frame, "ReadyForQuery")
-    status = cur.byte()
-    cur.done()
+    status = frame.data[5:]
     if status not in _READY_STATUSES:
-        raise cur.error(f"invalid transaction status {status!r}")
+        raise ProtocolError(f"invalid ReadyForQuery message: transaction status {status!r}")
     return ReadyForQuery(status)
 
 

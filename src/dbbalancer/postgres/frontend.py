@@ -233,7 +233,7 @@ class ClientSession(FramedProtocol):
 
         unsupported = tuple(k for k in startup.parameters if k.startswith("_pq_."))
         if startup.protocol & 0xFFFF or unsupported:
-            self.write(codec.NegotiateProtocolVersion(0, unsupported).encode())
+            self.write(codec.NegotiateProtocolVersion(codec.PROTOCOL_VERSION_3, unsupported).encode())
         if startup.parameters.get("replication", "false").lower() not in (
             "false",
             "off",

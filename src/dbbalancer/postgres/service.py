@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,7 @@ class PostgresService:
         self.spawn = spawn
         self._users = {u.name: u for u in config.users}
         self._verifiers: dict[str, ScramVerifier] = {}
+        self._decoy: ScramVerifier | None = None
         self._clusters: dict[str, PgCluster] = {}
         for cluster in config.clusters:
             if cluster.protocol is Protocol.POSTGRES:
@@ -118,7 +120,9 @@ class PostgresService:
         fails like a wrong password (no user enumeration, as PostgreSQL does).
         """
         if user is None:
-            return ScramVerifier.from_password("", iterations=4096)
+            if self._decoy is None:
+                self._decoy = ScramVerifier.from_password(secrets.token_hex(16))
+            return self._decoy
         verifier = self._verifiers.get(user.name)
         if verifier is None:
             if is_scram_verifier(user.password):

@@ -228,7 +228,7 @@ class PgCluster:
         self.database = database
         self.superuser = superuser
         self.superuser_password = superuser_password
-        self._delays = delays
+        self._node_delays = {f"replica{index + 1}": delay for index, delay in delays.items()}
         self._sync_index = synchronous_replica
         self._max_connections = max_connections
         self._extra_conf = dict(extra_conf or {})
@@ -299,14 +299,13 @@ class PgCluster:
         database: str | None = None,
     ) -> str:
         """A libpq keyword/value connection string (libpq "Connection Strings") over TCP."""
-        pairs = {
-            "host": node.host,
-            "port": str(node.port),
-            "user": self.user if user is None else user,
-            "password": self.password if password is None else password,
-            "dbname": self.database if database is None else database,
-        }
-        return " ".join(f"{key}={_conninfo_quote(value)}" for key, value in pairs.items())
+        return _conninfo(
+            host=node.host,
+            port=str(node.port),
+            user=self.user if user is None else user,
+            password=self.password if password is None else password,
+            dbname=self.database if database is None else database,
+        )
 
     def url(
         self,
@@ -379,7 +378,7 @@ class PgCluster:
         for index in range(self._replica_count):
             replica = self._make_node(f"replica{index + 1}", ports[index + 1])
             self._base_backup(replica)
-            self._write_node_conf(replica, apply_delay=self._delays.get(index))
+            self._write_node_conf(replica, apply_delay=self._node_delays.get(replica.name))
             self._standby_names.append(replica.name)
         for name in list(self._standby_names):
             self._start_with_port_retry(self._nodes[name])
@@ -399,9 +398,6 @@ class PgCluster:
         """
         errors: list[str] = []
         running = [node for node in self.nodes if self.is_running(node)]
-        # Standbys first: a fast-stopping primary waits for its walsenders to send the
-        # shutdown checkpoint, which is quicker when no standby is still connected.
-        running.sort(key=lambda node: node.name == self._primary_name)
         self._stop_nodes(running, "fast", errors)
         self._stop_nodes([n for n in running if self.is_running(n)], "immediate", errors)
         for node in running:
@@ -461,23 +457,27 @@ class PgCluster:
                 f"{_sql_literal(standby.name)}::name AS name) s WHERE NOT EXISTS (SELECT "
                 "FROM pg_replication_slots r WHERE r.slot_name = s.name)",
             )
+            conninfo = self._primary_conninfo(standby)
             if self.is_running(standby):
-                self.sql(
-                    standby,
-                    "ALTER SYSTEM SET primary_conninfo = "
-                    f"{_sql_literal(self._primary_conninfo(standby))}",
-                )
+                # primary_conninfo is reloadable since PostgreSQL 13: the walreceiver restarts.
+                self.sql(standby, f"ALTER SYSTEM SET primary_conninfo = {_sql_literal(conninfo)}")
                 self.sql(standby, "SELECT pg_reload_conf()")
+            else:
+                self._append_auto_conf(standby, {"primary_conninfo": conninfo})
 
     # ----------------------------------------------------------------- queries and waiting
 
-    def sql(self, node: PgNode, query: str) -> list[tuple[str | None, ...]]:
+    def sql(
+        self, node: PgNode, query: str, *, database: str | None = None
+    ) -> list[tuple[str | None, ...]]:
         """Run ``query`` as the superuser with ``psql -X -A -t`` and return its rows as text.
 
-        NULL comes back as ``None``. Raises :class:`PgClusterError` with psql's stderr when the
-        query fails (``ON_ERROR_STOP``).
+        Connects over TCP to ``database``, by default the application database, so tables the
+        login user created are visible. NULL comes back as ``None``. Raises
+        :class:`PgClusterError` with psql's stderr when the query fails (``ON_ERROR_STOP``).
         """
-        result = self._psql(node, self.superuser, self.superuser_password, "postgres", query)
+        dbname = self.database if database is None else database
+        result = self._psql(node, self.superuser, self.superuser_password, dbname, query)
         if result.returncode != 0:
             raise PgClusterError(
                 f"psql on {node.name} ({node.address()}) failed: {result.stderr.strip()}\n"
@@ -661,9 +661,11 @@ class PgCluster:
 
     def _base_backup(self, replica: PgNode) -> None:
         primary = self.primary
-        conninfo = (
-            f"host={primary.host} port={primary.port} user={_conninfo_quote(self.superuser)} "
-            f"application_name={replica.name}"
+        conninfo = _conninfo(
+            host=primary.host,
+            port=str(primary.port),
+            user=self.superuser,
+            application_name=replica.name,
         )
         self._run_server_program(
             replica,
@@ -687,20 +689,32 @@ class PgCluster:
             env={"PGPASSWORD": self.superuser_password},
             log_nodes=[primary],
         )
-        # pg_basebackup -R already wrote a primary_conninfo; a later line in the same file
-        # wins, so this pins exactly the connection string we want (password included, since
-        # the walreceiver has no PGPASSWORD).
-        auto = replica.data_dir / "postgresql.auto.conf"
+        # pg_basebackup -R already wrote a primary_conninfo; pin exactly the one we want
+        # (password included, since the walreceiver has no PGPASSWORD).
+        self._append_auto_conf(
+            replica,
+            {
+                "primary_conninfo": self._primary_conninfo(replica),
+                "primary_slot_name": replica.name,
+            },
+        )
+
+    def _append_auto_conf(self, node: PgNode, settings: Mapping[str, str]) -> None:
+        # The last occurrence of a setting in a file wins, and ALTER SYSTEM later rewrites the
+        # file without duplicates.
+        auto = node.data_dir / "postgresql.auto.conf"
         with auto.open("a", encoding="utf-8") as handle:
-            handle.write(f"primary_conninfo = {_conf_quote(self._primary_conninfo(replica))}\n")
-            handle.write(f"primary_slot_name = {_conf_quote(replica.name)}\n")
+            for key, value in settings.items():
+                handle.write(f"{key} = {_conf_quote(value)}\n")
 
     def _primary_conninfo(self, replica: PgNode) -> str:
         primary = self.primary
-        return (
-            f"host={primary.host} port={primary.port} user={_conninfo_quote(self.superuser)} "
-            f"password={_conninfo_quote(self.superuser_password)} "
-            f"application_name={replica.name}"
+        return _conninfo(
+            host=primary.host,
+            port=str(primary.port),
+            user=self.superuser,
+            password=self.superuser_password,
+            application_name=replica.name,
         )
 
     def _make_synchronous(self, replica: PgNode, deadline: float) -> None:
@@ -833,41 +847,18 @@ class PgCluster:
                     raise
             node = PgNode(node.name, node.host, free_ports(1)[0], node.data_dir)
             self._nodes[node.name] = node
-            self._write_node_conf(node, apply_delay=self._node_delay(node))
+            self._write_node_conf(node, apply_delay=self._node_delays.get(node.name))
         raise AssertionError("unreachable")
-
-    def _node_delay(self, node: PgNode) -> str | None:
-        if node.name.startswith("replica"):
-            return self._delays.get(int(node.name.removeprefix("replica")) - 1)
-        return None
 
     def _stop_nodes(self, nodes: Sequence[PgNode], mode: str, errors: list[str]) -> None:
         # Run the pg_ctl processes side by side: each waits for its own shutdown checkpoint.
-        account = self._account
         procs: list[tuple[PgNode, subprocess.Popen[str]]] = []
         for node in nodes:
-            proc = subprocess.Popen(
-                [
-                    self._bin("pg_ctl"),
-                    "-D",
-                    str(node.data_dir),
-                    "stop",
-                    "-m",
-                    mode,
-                    "-w",
-                    "-t",
-                    str(int(_STOP_TIMEOUT)),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=node.node_dir if node.node_dir.exists() else None,
-                env=self._server_env(),
-                user=None if account is None else account.uid,
-                group=None if account is None else account.gid,
-                extra_groups=None if account is None else [],
-            )
+            try:
+                proc = self._popen_pg_ctl_stop(node, mode)
+            except OSError as exc:
+                errors.append(f"{node.name} ({mode}): {exc}")
+                continue
             procs.append((node, proc))
         for node, proc in procs:
             try:
@@ -877,6 +868,31 @@ class PgCluster:
                 output, _ = proc.communicate()
             if proc.returncode != 0 and self.is_running(node):
                 errors.append(f"{node.name} ({mode}): {output.strip()}")
+
+    def _popen_pg_ctl_stop(self, node: PgNode, mode: str) -> subprocess.Popen[str]:
+        account = self._account
+        return subprocess.Popen(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(node.data_dir),
+                "stop",
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(int(_STOP_TIMEOUT)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=node.node_dir if node.node_dir.exists() else None,
+            env=self._server_env(),
+            user=None if account is None else account.uid,
+            group=None if account is None else account.gid,
+            extra_groups=None if account is None else [],
+        )
 
     def _kill_postmaster(self, node: PgNode, errors: list[str]) -> None:
         pid = self._pids.get(node.name)
@@ -912,8 +928,8 @@ class PgCluster:
     def _psql(
         self, node: PgNode, user: str, password: str, database: str, query: str
     ) -> subprocess.CompletedProcess[str]:
-        conninfo = self.dsn(node, user=user, password="", database=database)
-        conninfo = conninfo.replace("password='' ", "")
+        # The password travels in PGPASSWORD so that it does not show in `ps`.
+        conninfo = _conninfo(host=node.host, port=str(node.port), user=user, dbname=database)
         args = [
             self._client_bin("psql"),
             "-X",
@@ -933,7 +949,6 @@ class PgCluster:
             query,
         ]
         env = self._server_env({"PGPASSWORD": password})
-        env.pop("LC_ALL")
         try:
             return subprocess.run(
                 args,
@@ -1006,6 +1021,11 @@ def _conninfo_quote(value: str) -> str:
     if value and re.fullmatch(r"[A-Za-z0-9_.\-/:@]+", value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _conninfo(**pairs: str) -> str:
+    """A libpq keyword/value connection string from keyword arguments."""
+    return " ".join(f"{key}={_conninfo_quote(value)}" for key, value in pairs.items())
 
 
 def _conf_quote(value: str) -> str:

@@ -35,14 +35,16 @@ def test_check_accepts_a_good_file_and_lists_every_error(tmp_path: Path) -> None
     good = tmp_path / "good.toml"
     good.write_text(
         '[listen]\npostgres = "127.0.0.1:6432"\n'
-        '[[users]]\nname = "app"\npassword = "app"\n'
+        '[[users]]\nname = "app"\npassword = "s3cret-pw"\n'
         '[[clusters]]\nname = "main"\n'
         '[[clusters.servers]]\naddress = "127.0.0.1:15432"\nrole = "primary"\n'
     )
     result = run_cli("check", "-c", str(good))
     assert result.returncode == 0, result.stderr
-    assert "main" in result.stdout and "OK" in result.stdout
-    assert "app" in result.stdout and '"app"' not in result.stdout.replace("user", "")
+    assert "main" in result.stdout
+    assert "OK" in result.stdout
+    assert "app" in result.stdout
+    assert "s3cret-pw" not in result.stdout
 
     bad = tmp_path / "bad.toml"
     bad.write_text(
@@ -54,7 +56,8 @@ def test_check_accepts_a_good_file_and_lists_every_error(tmp_path: Path) -> None
     result = run_cli("check", "-c", str(bad))
     assert result.returncode == 1
     assert "users[0].auth" in result.stderr
-    assert "clusters[0].pool_sise" in result.stderr and "pool_size" in result.stderr
+    assert "clusters[0].pool_sise" in result.stderr
+    assert "pool_size" in result.stderr
     assert "clusters[0].servers[0].role" in result.stderr
 
 
@@ -105,7 +108,8 @@ def test_run_serves_reloads_and_stops_on_sigterm(pg_cluster: PgCluster, tmp_path
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, out
-    assert "reload" in out and "bogus" in out
+    assert "reload" in out
+    assert "bogus" in out
 
 
 @pytest.mark.timeout(180)

@@ -37,13 +37,19 @@ class App:
         self.pg: PostgresService | None = None
         self.pg_address: tuple[str, int] | None = None
         self.started = threading.Event()
+        self._daemons: list[asyncio.Task[None]] = []
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run `coro` inside the app's TaskGroup (it must handle its own errors)."""
+    def spawn(self, coro: Coroutine[Any, Any, None], *, daemon: bool = False) -> None:
+        """Run `coro` inside the app's TaskGroup (it must handle its own errors).
+
+        A daemon task (a health monitor) runs until shutdown cancels it.
+        """
         if self._tg is None:
             coro.close()
             raise RuntimeError("the app is not running")
-        self._tg.create_task(coro)
+        task = self._tg.create_task(coro)
+        if daemon:
+            self._daemons.append(task)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
@@ -77,6 +83,7 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self.pg = PostgresService(self.config, self.spawn)
+                await self.pg.start_monitors()
                 listen = self.config.listen.postgres
                 if listen is not None and self.pg.clusters():
                     server = await self.pg.start(listen.host, listen.port)
@@ -91,10 +98,18 @@ class App:
                 log.info("shutting down: no new connections; closing clients as they go idle")
                 await self._drain()
                 janitor.cancel()
+                await self.pg.close_probes()
+                self._cancel_daemons()
         finally:
             for sig in handlers:
                 loop.remove_signal_handler(sig)
             self._tg = None
+
+    def _cancel_daemons(self) -> None:
+        """Cancel long-running tasks (health monitors) so the TaskGroup can finish."""
+        for task in self._daemons:
+            task.cancel()
+        self._daemons.clear()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         if threading.current_thread() is not threading.main_thread():

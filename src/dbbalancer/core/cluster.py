@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from dbbalancer.core.balance import Balancer, Candidate, LatencyTracker, Policy
+from dbbalancer.core.monitor import HealthMonitor
 from dbbalancer.core.pool import DropReason, Pool, PooledConnection, PoolLimits, PoolStats
+from dbbalancer.core.routing import RouteReason, Target
 from dbbalancer.core.topology import Server, ServerRole
 
 log = logging.getLogger(__name__)
@@ -22,6 +26,25 @@ C = TypeVar("C", bound=PooledConnection)
 
 class NoServerAvailable(Exception):
     """No server can take this session or statement; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPolicy:
+    """How reads are spread: the balancing policy, the lag limit and the fallback."""
+
+    balance: Policy = Policy.ROUND_ROBIN
+    max_lag_seconds: float | None = None
+    max_lag_bytes: int | None = None
+    fallback_to_primary: bool = True
+    primary_wait: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A server picked for a unit of work, and why it is not the one asked for (if so)."""
+
+    server: Server
+    fallback: RouteReason | None = None
 
 
 class Cluster(Generic[C]):
@@ -34,23 +57,106 @@ class Cluster(Generic[C]):
         *,
         connect: Callable[[Server, str], Awaitable[C]],
         limits: Callable[[str], PoolLimits],
+        policy: ReplicaPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.servers = servers
+        self.policy = policy or ReplicaPolicy()
+        self.monitor: HealthMonitor | None = None
+        self.balancer = Balancer(self.policy.balance)
+        self.latency = LatencyTracker()
         self._connect = connect
         self._limits = limits
         self._clock = clock
         self._pools: dict[tuple[str, str], Pool[C]] = {}
 
-    def primary(self) -> Server:
-        """The server that takes writes (configured role; failover following comes later)."""
+    def primary(self) -> Server | None:
+        """The server that takes writes now: elected by the monitor, else the configured one."""
+        if self.monitor is not None:
+            return self.monitor.primary
         for server in self.servers:
             if server.role is ServerRole.PRIMARY:
                 return server
-        raise NoServerAvailable(
-            f"cluster {self.name} has no server with role primary; "
-            'set role = "primary" on the primary server'
+        return None
+
+    async def wait_primary(self) -> Server:
+        """The primary, waiting up to primary_wait_timeout while there is none (failover)."""
+        server = self.primary()
+        if server is None and self.monitor is not None:
+            server = await self.monitor.wait_primary(self.policy.primary_wait)
+        if server is None:
+            raise NoServerAvailable(
+                f"cluster {self.name} has no primary "
+                f"(waited {self.policy.primary_wait:g}s, primary_wait_timeout); "
+                "check the servers' health, or promote a replica"
+            )
+        return server
+
+    def eligible_replicas(self, min_position: int | None = None) -> list[Server]:
+        """Replicas that may take reads now: healthy, within the lag limit, and (for
+        read-your-writes) replayed at least to `min_position`."""
+        if self.monitor is None:
+            return [s for s in self.servers if s.role is ServerRole.REPLICA]
+        out = []
+        policy = self.policy
+        for server in self.monitor.usable_replicas():
+            status = self.monitor.server_status(server.name)
+            if policy.max_lag_bytes is not None and (
+                status.lag_bytes is None or status.lag_bytes > policy.max_lag_bytes
+            ):
+                continue
+            if policy.max_lag_seconds is not None and (
+                status.replay_delay is None or status.replay_delay > policy.max_lag_seconds
+            ):
+                continue
+            if min_position is not None and (
+                status.position is None or status.position < min_position
+            ):
+                continue
+            out.append(server)
+        return out
+
+    def order_replicas(self, replicas: list[Server]) -> list[Server]:
+        """`replicas` in the balancing policy's order of preference."""
+        if len(replicas) <= 1:
+            return replicas
+        by_name = {s.name: s for s in replicas}
+        candidates = []
+        for server in replicas:
+            status = self.monitor.server_status(server.name) if self.monitor else None
+            candidates.append(
+                Candidate(
+                    key=server.name,
+                    weight=server.weight,
+                    connections=self.active_connections(server),
+                    latency=self.latency.get(server.name),
+                    load=status.load if status is not None else None,
+                )
+            )
+        return [by_name[c.key] for c in self.balancer.order(candidates)]
+
+    async def choose(self, target: Target, *, min_position: int | None = None) -> Choice:
+        """The server for a unit of work sent to `target`."""
+        if target is Target.REPLICA:
+            replicas = self.eligible_replicas(min_position)
+            if replicas:
+                return Choice(self.order_replicas(replicas)[0])
+            if not self.policy.fallback_to_primary:
+                raise NoServerAvailable(
+                    f"cluster {self.name}: no replica can take reads now "
+                    '(replica_fallback = "error"); check replica health and lag'
+                )
+            reason = RouteReason.NO_REPLICA
+            if min_position is not None and self.eligible_replicas():
+                reason = RouteReason.OWN_WRITES
+            return Choice(await self.wait_primary(), reason)
+        return Choice(await self.wait_primary())
+
+    def active_connections(self, server: Server) -> int:
+        """Server connections to `server` checked out now, over all users."""
+        return sum(
+            pool.stats().active for (_, name), pool in self._pools.items() if name == server.name
         )
 
     def pool(self, user: str, server: Server) -> Pool[C]:

@@ -14,13 +14,15 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.auth import ScramClient, md5_response
 from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
+from dbbalancer.postgres.prepared import StatementCache
+from dbbalancer.postgres.responses import ResponseTracker
 from dbbalancer.postgres.stream import BoundaryScanner
 
 log = logging.getLogger(__name__)
@@ -58,9 +60,26 @@ class ServerSink(Protocol):
         """The server's socket drained."""
 
 
+class FrameSink(Protocol):
+    """The client side of a server connection in managed (frame-by-frame) mode."""
+
+    def server_frames(self, server: ServerConnection) -> None:
+        """Frames are waiting in `server.reader`."""
+
+    def server_lost(self, server: ServerConnection) -> None:
+        """The server connection broke while attached."""
+
+    def pause_server_output(self) -> None:
+        """The server's socket is full: stop sending it client bytes for now."""
+
+    def resume_server_output(self) -> None:
+        """The server's socket drained."""
+
+
 class _Mode(enum.Enum):
     CONVERSATION = "conversation"  # login and internal queries: frames go to next_frame()
-    FORWARD = "forward"  # attached to a client: bytes go to the sink
+    FORWARD = "forward"  # attached to a client: bytes go to the sink unchanged
+    MANAGED = "managed"  # attached to a client that handles every frame (transaction pooling)
 
 
 class ServerConnection(FramedProtocol):
@@ -74,9 +93,14 @@ class ServerConnection(FramedProtocol):
         self.tx_status = b"I"
         self.scanner = BoundaryScanner(max_length)
         self._mode = _Mode.CONVERSATION
-        self._sink: ServerSink | None = None
+        self._sink: ServerSink | FrameSink | None = None
         self._broken = False
         self.created_at = time.monotonic()
+        # Transaction pooling: what this connection holds for whichever client comes next.
+        self.tracker = ResponseTracker()
+        self.statements = StatementCache(0)
+        self.applied: dict[str, str] = {}  # settings the proxy SET on it, beyond its defaults
+        self.unnamed: bytes | None = None  # the Parse behind its unnamed statement, if known
 
     @property
     def broken(self) -> bool:
@@ -94,9 +118,17 @@ class ServerConnection(FramedProtocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._mode is _Mode.FORWARD:
-            sink = self._sink
-            assert sink is not None
+        if self._mode is _Mode.MANAGED:
+            try:
+                self.reader.feed(data)
+            except ProtocolError as exc:
+                log.error("%r: %s", self, exc.message)
+                self.mark_broken()
+                self.abort()
+                return
+            self._sink.server_frames(self)  # type: ignore[union-attr]
+        elif self._mode is _Mode.FORWARD:
+            sink = cast(ServerSink, self._sink)
             try:
                 ready = self.scanner.feed(data)
             except ProtocolError as exc:
@@ -141,12 +173,26 @@ class ServerConnection(FramedProtocol):
         self._mode = _Mode.FORWARD
         self.scanner.reset()
 
+    def attach_managed(self, sink: FrameSink) -> None:
+        """Hand every frame the server sends from now on to `sink` (via `self.reader`)."""
+        self._sink = sink
+        self._mode = _Mode.MANAGED
+        if self._frames:
+            # Unsolicited messages (a NOTICE, ParameterStatus) that arrived while idle.
+            queued = self.take_queued()
+            self.reader.feed(b"".join(frame.data for frame in queued))
+
     def detach(self) -> None:
         """Stop forwarding; later output is queued for `next_frame()`."""
+        mode = self._mode
         self._sink = None
         self._mode = _Mode.CONVERSATION
-        if not self.scanner.at_boundary:
+        if mode is _Mode.FORWARD and not self.scanner.at_boundary:
             # Detached in the middle of a message: the stream can no longer be trusted.
+            self.mark_broken()
+        if mode is _Mode.MANAGED and (self.reader.buffered or not self.tracker.idle):
+            self.mark_broken()
+        if self.reader.buffered:
             self.mark_broken()
         self.reader = codec.MessageReader(self.reader.max_length)
 
@@ -245,6 +291,9 @@ class ServerConnection(FramedProtocol):
     async def reset(self, query: str = "DISCARD ALL") -> None:
         """Make the connection clean for the next client (PgBouncer's server_reset_query)."""
         await self.simple_query(query)
+        self.applied = {}
+        self.statements.clear()
+        self.unnamed = None
 
 
 async def connect_server(

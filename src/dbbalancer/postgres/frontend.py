@@ -31,6 +31,7 @@ from dbbalancer.postgres.backend import (
     ServerUnavailable,
 )
 from dbbalancer.postgres.codec import ProtocolError
+from dbbalancer.postgres.engine import Engine
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
 from dbbalancer.postgres.params import parse_options, set_statements
 
@@ -66,7 +67,8 @@ class ClientSession(FramedProtocol):
         self._pending = 0  # ReadyForQuery messages the server still owes this client
         self._unsynced = False  # extended-protocol messages sent since the last Sync
         self._counted = False
-        self._task_started = False
+        self._reading_paused = False
+        self.engine: Engine | None = None
 
     def __repr__(self) -> str:
         user = self.user.name if self.user else "?"
@@ -83,7 +85,15 @@ class ClientSession(FramedProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._forwarding:
-            self._forward(data)
+            engine = self.engine
+            if engine is None:
+                self._forward(data)
+                return
+            try:
+                self.reader.feed(data)
+                engine.client_frames(list(self.reader))
+            except ProtocolError as exc:
+                self._fail(exc)
         elif self.startup_reader is not None:
             try:
                 self.startup_reader.feed(data)
@@ -99,12 +109,43 @@ class ClientSession(FramedProtocol):
         self._release_server()
 
     def pause_writing(self) -> None:
-        if self.server is not None:
-            self.server.pause_reading()
+        server = self.engine.attached() if self.engine is not None else self.server
+        if server is not None:
+            server.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.server is not None:
-            self.server.resume_reading()
+        server = self.engine.attached() if self.engine is not None else self.server
+        if server is not None:
+            server.resume_reading()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the client (its server, or the wait for one, is behind)."""
+        if not self._reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+            self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+        if self._reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+            self._reading_paused = False
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        """Send several messages to the client in one go."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(chunks)
+
+    def terminate(self) -> None:
+        """The client said goodbye (Terminate) or must go: release servers, close."""
+        self._terminate()
+
+    def fatal(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
+        """Send a FATAL error and close the client."""
+        self._send_error(sqlstate, message, hint=hint)
+        self._terminate()
 
     # -- forwarding (the hot path) ----------------------------------------------------------------
 
@@ -158,13 +199,11 @@ class ClientSession(FramedProtocol):
 
     def pause_server_output(self) -> None:
         """The server cannot take more: stop reading from the client."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        self.pause_reading()
 
     def resume_server_output(self) -> None:
         """The server drained: read from the client again."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.resume_reading()
 
     # -- the session coroutine ------------------------------------------------------------------
 
@@ -233,7 +272,9 @@ class ClientSession(FramedProtocol):
 
         unsupported = tuple(k for k in startup.parameters if k.startswith("_pq_."))
         if startup.protocol & 0xFFFF or unsupported:
-            self.write(codec.NegotiateProtocolVersion(codec.PROTOCOL_VERSION_3, unsupported).encode())
+            self.write(
+                codec.NegotiateProtocolVersion(codec.PROTOCOL_VERSION_3, unsupported).encode()
+            )
         if startup.parameters.get("replication", "false").lower() not in (
             "false",
             "off",
@@ -264,36 +305,53 @@ class ClientSession(FramedProtocol):
         settings = {k: v for k, v in startup.parameters.items() if k not in _NOT_SETTINGS}
         settings.update(parse_options(startup.parameters.get("options", "")))
         mode = cluster.config.effective_pool_mode(user)
-        if mode is not PoolMode.SESSION:
-            raise Refused(
-                "0A000",
-                f"pool_mode {mode.value} is not available yet",
-                hint='use pool_mode = "session"',
-            )
-        server = await self._acquire(cluster, user)
-        self.server = server
+        split = cluster.config.read_write_split
+        managed = mode is not PoolMode.SESSION or split
+        server, pool = await self._acquire(cluster, user)
         try:
             if settings:
                 await server.simple_query(set_statements(settings))
+            server.applied = dict(settings)
         except ServerError as exc:
+            pool.release(server)
             raise Refused(
                 exc.sqlstate, f"start-up parameter rejected by the server: {exc.message}"
             ) from None
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+        parameters = dict(server.parameters)
+        if not managed:
+            self.server = server
+        elif mode is PoolMode.SESSION:
+            self.engine = Engine(
+                self, mode=mode, split=split, settings=settings, home=server, home_pool=pool
+            )
+        else:
+            # Transaction/statement pooling: the connection only served the welcome.
+            pool.release(server)
+            self.engine = Engine(
+                self, mode=mode, split=split, settings=settings, home=None, home_pool=None
+            )
 
         self.reader.max_length = self.service.settings.max_message_size
         out = [codec.AuthenticationOk().encode()]
-        out += [codec.ParameterStatus(k, v).encode() for k, v in server.parameters.items()]
+        out += [codec.ParameterStatus(k, v).encode() for k, v in parameters.items()]
         out.append(codec.BackendKeyData(*self.backend_key).encode())
         out.append(codec.ReadyForQuery(b"I").encode())
         self.service.register_cancel(self)
-        server.attach(self)
+        if self.engine is None:
+            server.attach(self)
         self._forwarding = True
         if self.transport is not None:
             self.transport.writelines(out)
         queued = self.take_queued()
         if queued:
             # A client that pipelined its first query behind the password message.
-            self._forward(b"".join(frame.data for frame in queued))
+            if self.engine is not None:
+                self.engine.client_frames(queued)
+            else:
+                self._forward(b"".join(frame.data for frame in queued))
         return True
 
     async def _authenticate(self, name: str, user: UserConfig | None) -> None:
@@ -332,11 +390,13 @@ class ClientSession(FramedProtocol):
             raise failed
         self.write(codec.AuthenticationSASLFinal(server_final).encode())
 
-    async def _acquire(self, cluster: PgCluster, user: UserConfig) -> ServerConnection:
+    async def _acquire(
+        self, cluster: PgCluster, user: UserConfig
+    ) -> tuple[ServerConnection, Pool[ServerConnection]]:
         try:
-            server = cluster.runtime.primary()
+            server = await cluster.runtime.wait_primary()
             pool = cluster.runtime.pool(user.name, server)
-            return await pool.acquire(cluster.config.query_wait_timeout)
+            return await pool.acquire(cluster.config.query_wait_timeout), pool
         except PoolTimeout as exc:
             raise Refused("53300", str(exc)) from None
         except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:
@@ -362,6 +422,11 @@ class ClientSession(FramedProtocol):
         self.write(codec.error_response(sqlstate, message, severity="FATAL", hint=hint))
 
     def _release_server(self) -> None:
+        engine = self.engine
+        if engine is not None:
+            if not engine.closed:
+                engine.close()
+            return
         server = self.server
         if server is None:
             return
@@ -377,14 +442,12 @@ class ClientSession(FramedProtocol):
         if cluster is None or self.user is None:
             server.close()
             return
-        pool = cluster.runtime.pool(self.user.name, server.server)
-        if not clean:
-            pool.release(server, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
-            return
-        self.service.spawn(_reset_and_release(pool, server))
+        self.give_back(server, cluster.runtime.pool(self.user.name, server.server), clean=clean)
 
     def is_idle(self) -> bool:
         """True between transactions (or before login), when closing loses nothing."""
+        if self.engine is not None:
+            return self.engine.is_idle()
         server = self.server
         if server is None:
             return True
@@ -399,7 +462,18 @@ class ClientSession(FramedProtocol):
 
     def cancel_target(self) -> ServerConnection | None:
         """The server connection a CancelRequest for this client should reach."""
+        if self.engine is not None:
+            return self.engine.attached()
         return self.server
+
+    def give_back(
+        self, server: ServerConnection, pool: Pool[ServerConnection], *, clean: bool
+    ) -> None:
+        """Return a connection this client held: reset it first, or drop it if it is not clean."""
+        if not clean or server.broken:
+            pool.release(server, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
+        else:
+            self.service.spawn(_reset_and_release(pool, server))
 
 
 async def _reset_and_release(pool: Pool[ServerConnection], server: ServerConnection) -> None:

@@ -10,21 +10,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+import typing
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from dbbalancer.config import ClusterConfig, Config, GeneralConfig, Protocol, UserConfig
-from dbbalancer.core.cluster import Cluster
+from dbbalancer.config import (
+    ClusterConfig,
+    Config,
+    GeneralConfig,
+    Protocol,
+    ReplicaFallback,
+    UserConfig,
+)
+from dbbalancer.core.balance import Policy
+from dbbalancer.core.cluster import Cluster, ReplicaPolicy
+from dbbalancer.core.monitor import HealthMonitor
 from dbbalancer.core.pool import PoolLimits
 from dbbalancer.core.topology import Server, ServerRole
 from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
 from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
+from dbbalancer.postgres.classify import Classifier
 from dbbalancer.postgres.frontend import ClientSession, Refused
+from dbbalancer.postgres.probe import PgProber
 
 log = logging.getLogger(__name__)
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+class Spawn(typing.Protocol):
+    """Runs a coroutine in the app's TaskGroup."""
+
+    def __call__(self, coro: Coroutine[Any, Any, None], *, daemon: bool = False) -> None:
+        """Start `coro`; a daemon runs until shutdown cancels it."""
 
 
 @dataclass(slots=True)
@@ -60,9 +77,12 @@ class PostgresService:
         self._verifiers: dict[str, ScramVerifier] = {}
         self._decoy: ScramVerifier | None = None
         self._clusters: dict[str, PgCluster] = {}
+        self._classifiers: dict[str, Classifier] = {}
+        self._probers: list[PgProber] = []
         for cluster in config.clusters:
             if cluster.protocol is Protocol.POSTGRES:
                 self._clusters[cluster.name] = PgCluster(cluster, self._make_runtime(cluster))
+                self._classifiers[cluster.name] = Classifier()
         self._cancel: dict[tuple[int, int], ClientSession] = {}
         self._clients_total = 0
         self._clients_by_user: dict[str, int] = {}
@@ -74,7 +94,7 @@ class PostgresService:
 
         async def connect(server: Server, user_name: str) -> ServerConnection:
             user = self._users[user_name]
-            return await connect_server(
+            conn = await connect_server(
                 server,
                 user=user.name,
                 password=user.login_password,
@@ -82,6 +102,8 @@ class PostgresService:
                 connect_timeout=general.server_connect_timeout,
                 max_length=general.max_message_size,
             )
+            conn.statements.capacity = cluster.max_prepared_statements
+            return conn
 
         def limits(_user: str) -> PoolLimits:
             return PoolLimits(
@@ -93,7 +115,46 @@ class PostgresService:
                 lifetime=cluster.server_lifetime,
             )
 
-        return Cluster(cluster.name, servers_of(cluster), connect=connect, limits=limits)
+        lag = cluster.max_replica_lag
+        policy = ReplicaPolicy(
+            balance=Policy(cluster.balance.value),
+            max_lag_seconds=lag.max_seconds if lag is not None else None,
+            max_lag_bytes=lag.max_bytes if lag is not None else None,
+            fallback_to_primary=cluster.replica_fallback is ReplicaFallback.PRIMARY,
+            primary_wait=cluster.primary_wait_timeout,
+        )
+        runtime = Cluster(
+            cluster.name, servers_of(cluster), connect=connect, limits=limits, policy=policy
+        )
+        prober_user = self._probe_user()
+        if prober_user is not None:
+            prober = PgProber(
+                user=prober_user.name,
+                password=prober_user.login_password,
+                database=cluster.server_database,
+                connect_timeout=min(general.server_connect_timeout, cluster.health_check_timeout),
+            )
+            self._probers.append(prober)
+            runtime.monitor = HealthMonitor(
+                cluster.name,
+                runtime.servers,
+                prober,
+                interval=cluster.health_check_interval,
+                timeout=cluster.health_check_timeout,
+                rise=cluster.rise,
+                fall=cluster.fall,
+            )
+        return runtime
+
+    def _probe_user(self) -> UserConfig | None:
+        """The user whose credentials the health probes log in with (the first one listed)."""
+        for user in self.config.users:
+            return user
+        return None
+
+    def classifier(self, cluster: str) -> Classifier:
+        """The statement classifier of `cluster` (its cache and learnt volatility are per cluster)."""
+        return self._classifiers[cluster]
 
     # -- lookups for sessions -------------------------------------------------------------------
 
@@ -190,6 +251,14 @@ class PostgresService:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    async def start_monitors(self, first_round_limit: float = 2.0) -> None:
+        """Start the health monitors and wait (briefly) for their first round of probes."""
+        monitors = [c.runtime.monitor for c in self._clusters.values() if c.runtime.monitor]
+        for monitor in monitors:
+            self.spawn(_run_monitor(monitor), daemon=True)
+        for monitor in monitors:
+            await monitor.wait_first_round(first_round_limit)
+
     async def start(self, host: str, port: int) -> asyncio.Server:
         """Listen for clients."""
         loop = asyncio.get_running_loop()
@@ -220,3 +289,17 @@ class PostgresService:
             self.server.close()
         for cluster in self._clusters.values():
             cluster.runtime.close()
+
+    async def close_probes(self) -> None:
+        """Close the health probes' connections."""
+        for prober in self._probers:
+            await prober.close()
+
+
+async def _run_monitor(monitor: HealthMonitor) -> None:
+    try:
+        await monitor.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("health monitor of cluster %s stopped", monitor.cluster_name)

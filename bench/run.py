@@ -1,0 +1,535 @@
+"""Macro benchmark: pgbench through direct, PgBouncer, HAProxy and dbbalancer, side by side.
+
+``python -m bench.run [--quick] [--rounds N] [--duration S] [--clients 16,128] [--targets ...]
+[--workloads ...] [--out docs/benchmarks.md]`` (``make bench`` runs it with the defaults).
+
+It starts a local primary with two streaming replicas (PgCluster), loads it once with
+``pgbench -i``, starts every target, then runs round after round, and within a round each case
+(workload x client count) through every target in turn, so drift on a shared machine spreads over
+all targets instead of landing on one. Finally it reads each proxy's peak RSS, opens idle clients
+against the pooling proxies, and writes the markdown report and its PNG chart. Every process it
+starts is stopped by PID in a ``finally``, on errors and on Ctrl-C/SIGTERM too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+
+from bench.measure import (
+    PgbenchResult,
+    Workload,
+    descendants,
+    measure_idle_clients,
+    peak_rss_kb,
+    pgbench_command,
+    run_pgbench,
+)
+from bench.report import (
+    Case,
+    ReportMeta,
+    RunRecord,
+    TargetInfo,
+    evaluate_goals,
+    render_chart,
+    render_markdown,
+    summarize,
+)
+from bench.targets import (
+    ALL_TARGETS,
+    RunningTarget,
+    TargetError,
+    find_program,
+    start_target,
+)
+
+from dbbalancer import __version__
+from dbbalancer.testing.pgcluster import PgCluster, PgClusterError, find_pg_bindir
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("select-simple", select=True, protocol="simple"),
+        Workload("select-extended", select=True, protocol="extended"),
+        Workload("select-prepared", select=True, protocol="prepared"),
+        Workload("tpcb-simple", select=False, protocol="simple"),
+        Workload("tpcb-extended", select=False, protocol="extended"),
+        Workload("tpcb-prepared", select=False, protocol="prepared"),
+        Workload("storm", select=True, protocol="simple", connect=True),
+    )
+}
+
+DEFAULT_ROUNDS = 3
+DEFAULT_DURATION = 10.0
+DEFAULT_CLIENTS = (16, 128)
+DEFAULT_IDLE_CLIENTS = 5000
+DEFAULT_SCALE = 10
+QUICK_ROUNDS = 1
+QUICK_DURATION = 3.0
+QUICK_IDLE_CLIENTS = 1000
+STORM_CLIENTS = 16
+_WANTED_NOFILE = 65536
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="pgbench through direct, PgBouncer, HAProxy and dbbalancer; writes a report.",
+    )
+    parser.add_argument("--quick", action="store_true", help="short run: 1 round of 3 s")
+    parser.add_argument("--rounds", type=int, help=f"rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--duration", type=float, help=f"seconds per run ({DEFAULT_DURATION})")
+    parser.add_argument(
+        "--clients",
+        default=",".join(map(str, DEFAULT_CLIENTS)),
+        help="comma-separated client counts for the non-storm workloads",
+    )
+    parser.add_argument(
+        "--targets", default=",".join(ALL_TARGETS), help=f"any of {','.join(ALL_TARGETS)}"
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"any of {','.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--idle-clients", type=int, help=f"idle clients per pooling proxy ({DEFAULT_IDLE_CLIENTS})"
+    )
+    parser.add_argument("--scale", type=int, default=DEFAULT_SCALE, help="pgbench -i -s")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument(
+        "--no-micro", action="store_true", help="skip the classifier micro-benchmark"
+    )
+    return parser
+
+
+def _raise_nofile() -> int:
+    """Raise our open-file limit; proxies started later inherit it (``ulimit -n``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < _WANTED_NOFILE:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_WANTED_NOFILE, _WANTED_NOFILE))
+            return _WANTED_NOFILE
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else text
+
+
+class Bench:
+    """One benchmark run: settings in, report out; owns the cluster and the target processes."""
+
+    def __init__(self, args: argparse.Namespace, argv: Sequence[str]) -> None:
+        self.args = args
+        self.argv = list(argv)
+        self.rounds: int = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+        self.duration: float = args.duration or (QUICK_DURATION if args.quick else DEFAULT_DURATION)
+        self.idle_clients: int = (
+            args.idle_clients
+            if args.idle_clients is not None
+            else (QUICK_IDLE_CLIENTS if args.quick else DEFAULT_IDLE_CLIENTS)
+        )
+        self.clients = [int(c) for c in _csv(args.clients)]
+        unknown = [t for t in _csv(args.targets) if t not in ALL_TARGETS]
+        unknown += [w for w in _csv(args.workloads) if w not in WORKLOADS]
+        if unknown or not self.clients or min(self.clients) < 1:
+            raise SystemExit(f"bench.run: unknown targets/workloads or bad clients: {unknown}")
+        self.targets = [ALL_TARGETS[t] for t in _csv(args.targets)]
+        self.cases = [
+            Case(WORKLOADS[w], STORM_CLIENTS if WORKLOADS[w].connect else c)
+            for w in _csv(args.workloads)
+            for c in (self.clients[:1] if WORKLOADS[w].connect else self.clients)
+        ]
+        max_clients = max(case.clients for case in self.cases) if self.cases else 1
+        # Session pooling holds a server connection per client: cap above every client count.
+        self.session_pool_size = max(max_clients + 8, 64)
+        self.pgbench = self._find_pgbench()
+        self.records: list[RunRecord] = []
+        self.infos: dict[str, TargetInfo] = {t.name: TargetInfo(t.name) for t in self.targets}
+        self.running: dict[str, RunningTarget] = {}
+        self.notes: list[str] = []
+        self.micro: str | None = None
+        self.nofile = 0
+        self.pgbench_lines: list[str] = []
+        self.started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        self.t0 = time.monotonic()
+
+    @staticmethod
+    def _find_pgbench() -> str:
+        with contextlib.suppress(PgClusterError):
+            candidate = find_pg_bindir() / "pgbench"
+            if candidate.exists():
+                return str(candidate)
+        found = shutil.which("pgbench")
+        if found is None:
+            raise SystemExit("bench.run: pgbench not found; run `make setup`")
+        return found
+
+    def _max_connections(self) -> int:
+        max_clients = max(case.clients for case in self.cases) if self.cases else 1
+        kinds = [t.kind for t in self.targets]
+        session = sum(1 for t in self.targets if t.pool_mode == "session")
+        transaction = sum(1 for t in self.targets if t.kind != "direct") - session
+        total = 2 * max_clients + self.session_pool_size * session + 25 * transaction + 60
+        if "haproxy" in kinds:
+            total += max_clients
+        return max(400, total)
+
+    # ----------------------------------------------------------------- main flow
+
+    def run(self) -> int:
+        """Benchmark, then write the report; processes are stopped whatever happens."""
+        self.nofile = _raise_nofile()
+        workdir = Path(tempfile.mkdtemp(prefix="dbbalancer-bench-"))
+        cluster = PgCluster(replicas=2, max_connections=self._max_connections())
+        try:
+            print(f"bench: starting the cluster in {workdir}", flush=True)
+            cluster.start()
+            self._load(cluster)
+            self._start_targets(cluster, workdir)
+            self._benchmark(cluster, workdir)
+            self._memory(cluster)
+            if not self.args.no_micro:
+                self.micro = self._micro_benchmark()
+            versions = self._versions()
+        finally:
+            for target in self.running.values():
+                target.stop()
+            try:
+                cluster.stop()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+        self._write(versions)
+        return 0
+
+    def _env(self, cluster: PgCluster) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PGPASSWORD"] = cluster.password
+        env.pop("PGSERVICE", None)
+        return env
+
+    def _load(self, cluster: PgCluster) -> None:
+        primary = cluster.primary
+        command = [
+            self.pgbench,
+            "-i",
+            "-q",
+            "-s",
+            str(self.args.scale),
+            "-h",
+            primary.host,
+            "-p",
+            str(primary.port),
+            "-U",
+            cluster.user,
+            cluster.database,
+        ]
+        print(f"bench: {shlex.join(command)}", flush=True)
+        done = subprocess.run(
+            command,
+            env=self._env(cluster),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"bench.run: pgbench -i failed: {done.stderr.strip()}")
+        self._wait_replay(cluster)
+
+    @staticmethod
+    def _wait_replay(cluster: PgCluster, timeout: float = 120.0) -> None:
+        """Wait until every replica replayed the loaded data, so replica reads see it."""
+        lsn = cluster.sql(cluster.primary, "SELECT pg_current_wal_lsn()")[0][0]
+        deadline = time.monotonic() + timeout
+        for replica in cluster.replicas:
+            while True:
+                row = cluster.sql(replica, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")
+                if row and row[0][0] == "t":
+                    break
+                if time.monotonic() >= deadline:
+                    raise SystemExit(f"bench.run: {replica.name} did not replay up to {lsn}")
+                time.sleep(0.2)
+
+    def _start_targets(self, cluster: PgCluster, workdir: Path) -> None:
+        for spec in self.targets:
+            try:
+                self.running[spec.name] = start_target(
+                    spec, cluster, workdir, session_pool_size=self.session_pool_size
+                )
+                print(f"bench: {spec.name} ready", flush=True)
+            except (TargetError, OSError, subprocess.SubprocessError) as exc:
+                self.infos[spec.name].start_error = _first_line(str(exc))
+                print(f"bench: {spec.name} failed to start: {exc}", flush=True)
+
+    def _benchmark(self, cluster: PgCluster, workdir: Path) -> None:
+        env = self._env(cluster)
+        total = self.rounds * len(self.cases) * len(self.running)
+        done = 0
+        for round_no in range(1, self.rounds + 1):
+            for case in self.cases:
+                for spec in self.targets:
+                    target = self.running.get(spec.name)
+                    if target is None:
+                        continue
+                    done += 1
+                    result = self._run_one(target, case, cluster, env, workdir)
+                    self.records.append(RunRecord(spec.name, case, round_no, result))
+                    shown = f"{result.tps:.0f} tps" if result.tps else f"error: {result.error}"
+                    print(
+                        f"bench: [{done}/{total}] round {round_no} {case.label} "
+                        f"{spec.name}: {shown}",
+                        flush=True,
+                    )
+
+    def _run_one(
+        self,
+        target: RunningTarget,
+        case: Case,
+        cluster: PgCluster,
+        env: dict[str, str],
+        workdir: Path,
+    ) -> PgbenchResult:
+        log_dir = workdir / "logs" / f"{target.spec.name}-{case.label.replace(' ', '-')}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        command = pgbench_command(
+            self.pgbench,
+            host=target.host,
+            port=target.port,
+            user=cluster.user,
+            database=cluster.database,
+            workload=case.workload,
+            clients=case.clients,
+            duration=self.duration,
+            log_prefix=log_dir / "tx",
+        )
+        if not target.alive():
+            return PgbenchResult(command, error=f"target exited: {target.failure()}")
+        try:
+            result = run_pgbench(
+                command,
+                env=env,
+                duration=self.duration,
+                log_dir=log_dir,
+                proxy_pids=target.pids,
+            )
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            return PgbenchResult(command, error=f"{type(exc).__name__}: {exc}")
+        if not target.alive():
+            result.error = result.error or f"target exited: {target.failure()}"
+        line = shlex.join(command).replace(str(workdir), "$TMP")
+        generic = line.replace(f"-p {target.port}", "-p PORT")
+        if generic not in self.pgbench_lines:
+            self.pgbench_lines.append(generic)
+        return result
+
+    def _memory(self, cluster: PgCluster) -> None:
+        for name, target in self.running.items():
+            if target.process is not None:
+                self.infos[name].peak_rss_kb = peak_rss_kb(
+                    [d for pid in target.pids for d in descendants(pid)]
+                )
+        if self.idle_clients <= 0:
+            return
+        for name, target in self.running.items():
+            info = self.infos[name]
+            spec = target.spec
+            if spec.kind == "direct":
+                continue
+            if spec.kind == "haproxy" or (
+                spec.pool_mode == "session" and self.idle_clients > (target.pool_size or 0)
+            ):
+                info.idle_note = (
+                    "n/a: one server connection per client, "
+                    f"{self.idle_clients} idle clients would exceed the server's max_connections"
+                )
+                continue
+            if not target.alive():
+                info.idle_note = f"target exited: {target.failure()}"
+                continue
+            print(f"bench: {self.idle_clients} idle clients on {name}", flush=True)
+            info.idle = measure_idle_clients(
+                host=target.host,
+                port=target.port,
+                user=cluster.user,
+                password=cluster.password,
+                database=cluster.database,
+                clients=self.idle_clients,
+                pids=target.pids,
+            )
+
+    def _micro_benchmark(self) -> str | None:
+        script = _REPO / "bench" / "classify_bench.py"
+        if not script.exists():
+            return None
+        print("bench: classifier micro-benchmark", flush=True)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.classify_bench"],
+                cwd=_REPO,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return "(timed out after 600 s)"
+        if done.returncode != 0:
+            return f"(exited with {done.returncode})\n{done.stdout}{done.stderr}"
+        return done.stdout
+
+    # ----------------------------------------------------------------- report
+
+    def _versions(self) -> dict[str, str]:
+        versions: dict[str, str] = {}
+        with contextlib.suppress(PgClusterError):
+            versions["PostgreSQL"] = _version([str(find_pg_bindir() / "postgres"), "--version"])
+        versions["pgbench"] = _version([self.pgbench, "--version"])
+        for name, flag in (("pgbouncer", "--version"), ("haproxy", "-v")):
+            program = find_program(name)
+            versions[name] = "not installed" if program is None else _version([program, flag])
+        versions["Python"] = platform.python_version()
+        versions["dbbalancer"] = __version__
+        return versions
+
+    def _machine(self) -> dict[str, str]:
+        model = "unknown"
+        memory = "unknown"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+                if line.startswith("MemTotal:"):
+                    memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+        return {
+            "nproc": str(os.cpu_count()),
+            "CPU": model,
+            "memory": memory,
+            "kernel": platform.release(),
+            "note": "benchmark clients, proxies and PostgreSQL share these cores",
+        }
+
+    def _scope(self) -> str:
+        full = (
+            self.rounds >= DEFAULT_ROUNDS
+            and self.duration >= DEFAULT_DURATION
+            and sorted(self.clients) == sorted(DEFAULT_CLIENTS)
+            and {t.name for t in self.targets} == set(ALL_TARGETS)
+            and {c.workload.name for c in self.cases} == set(WORKLOADS)
+            and self.idle_clients >= DEFAULT_IDLE_CLIENTS
+        )
+        detail = (
+            f"{self.rounds} round(s) x {self.duration:g} s per run, clients "
+            f"{','.join(map(str, self.clients))}, {len(self.targets)} target(s), "
+            f"{len(self.cases)} case(s), {self.idle_clients} idle clients"
+        )
+        if full:
+            return f"full (`make bench` defaults): {detail}"
+        return f"reduced (not the full `make bench`): {detail}"
+
+    def _write(self, versions: dict[str, str]) -> None:
+        names = [t.name for t in self.targets]
+        summaries = summarize(self.records, names, self.cases)
+        goals = evaluate_goals(summaries, self.cases, self.infos)
+        out: Path = self.args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        chart = out.with_suffix(".png")
+        chart_name: str | None = chart.name
+        try:
+            render_chart(chart, self.cases, names, summaries)
+        except Exception as exc:  # a missing plotting backend must not lose the results
+            self.notes.append(f"chart not written: {type(exc).__name__}: {exc}")
+            chart_name = None
+        meta = ReportMeta(
+            command=shlex.join(["python", "-m", "bench.run", *self.argv]),
+            scope=self._scope(),
+            machine=self._machine(),
+            versions=versions,
+            pgbench_commands=self.pgbench_lines,
+            settings={
+                "rounds": str(self.rounds),
+                "duration per run": f"{self.duration:g} s",
+                "pgbench scale": str(self.args.scale),
+                "cluster": "1 primary + 2 streaming replicas (PgCluster), fsync off",
+                "PgBouncer": "pool_mode transaction, default_pool_size 20, "
+                "max_client_conn 10000, auth_type scram-sha-256",
+                "HAProxy": "mode tcp, one backend server (the primary)",
+                "dbbalancer": "separate process, transaction pool_size 20, session pool_size "
+                f"{self.session_pool_size}, log_level warning",
+                "open files limit (harness and proxies)": str(self.nofile),
+            },
+            started=self.started,
+            wall_seconds=time.monotonic() - self.t0,
+            micro_benchmark=self.micro,
+            notes=self.notes,
+        )
+        out.write_text(
+            render_markdown(meta, self.cases, names, summaries, self.infos, goals, chart_name),
+            encoding="utf-8",
+        )
+        print(f"bench: wrote {out}" + (f" and {chart}" if chart_name else ""), flush=True)
+        if self.args.json is not None:
+            payload = {
+                "summaries": [{**asdict(s), "case": s.case.label} for s in summaries.values()],
+                "targets": {name: asdict(info) for name, info in self.infos.items()},
+                "goals": [asdict(goal) for goal in goals],
+            }
+            self.args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def _version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    return _first_line(done.stdout or done.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m bench.run``; returns the exit status (130 on Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return Bench(args, argv).run()
+    except KeyboardInterrupt:
+        print("bench: interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Which server response belongs to which request, so the proxy can add and remove messages.
+
+In transaction pooling the proxy sends messages of its own to a server (a Parse for a statement the
+client prepared on another connection, a SET that brings the connection to the client's state) and
+answers some client messages itself (a Parse the server already has, a Close of a statement it
+keeps cached). The client must still see exactly the responses PostgreSQL would have sent, in
+order. `ResponseTracker` keeps one token per request awaiting a response, in the order sent, and
+decides for each server message whether the client sees it, following the protocol's rules
+(section "Extended Query"): each request ends with a known message, an ErrorResponse in extended
+mode makes the server skip everything up to the next Sync, and ReadyForQuery ends a Sync or a
+simple Query. Sans-IO: frames in, bytes to forward out.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass
+
+from dbbalancer.postgres.codec import Frame
+
+
+class Request(enum.Enum):
+    """A request that the server will answer."""
+
+    PARSE = "parse"
+    BIND = "bind"
+    DESCRIBE_STATEMENT = "describe statement"
+    DESCRIBE_PORTAL = "describe portal"
+    EXECUTE = "execute"
+    CLOSE = "close"
+    SYNC = "sync"
+    QUERY = "query"  # a simple Query or a FunctionCall: answered up to ReadyForQuery
+
+
+# The message that completes each request (ErrorResponse completes any of them).
+_FINAL: dict[Request, frozenset[bytes]] = {
+    Request.PARSE: frozenset((b"1",)),
+    Request.BIND: frozenset((b"2",)),
+    Request.DESCRIBE_STATEMENT: frozenset((b"T", b"n")),
+    Request.DESCRIBE_PORTAL: frozenset((b"T", b"n")),
+    Request.EXECUTE: frozenset((b"C", b"I", b"s")),
+    Request.CLOSE: frozenset((b"3",)),
+    Request.SYNC: frozenset((b"Z",)),
+    Request.QUERY: frozenset((b"Z",)),
+}
+
+# Messages the server may send at any time; they go to whoever holds the connection.
+_ASYNC = frozenset((b"N", b"A", b"S"))
+
+
+@dataclass(slots=True)
+class _Token:
+    request: Request | None  # None: a synthetic response
+    visible: bool
+    synthetic: bytes | None = None
+    tag: str | None = None  # PARSE: the server-side statement name, to forget it if it fails
+
+
+class ResponseTracker:
+    """Tokens for the requests in flight on one server connection, oldest first."""
+
+    __slots__ = ("_tokens", "failed_parses", "ready_status")
+
+    def __init__(self) -> None:
+        self._tokens: collections.deque[_Token] = collections.deque()
+        self.failed_parses: list[str] = []
+        self.ready_status: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is awaiting a response."""
+        return not self._tokens
+
+    def clear(self) -> None:
+        """Forget everything (the connection is being dropped)."""
+        self._tokens.clear()
+
+    def expect(self, request: Request, *, visible: bool = True, tag: str | None = None) -> None:
+        """A request was sent; `visible=False` hides its responses from the client."""
+        self._tokens.append(_Token(request, visible, tag=tag))
+
+    def synthesize(self, data: bytes, out: list[bytes]) -> None:
+        """The proxy answers a request itself: `data` reaches the client in its turn."""
+        if not self._tokens:
+            out.append(data)
+        else:
+            self._tokens.append(_Token(None, True, synthetic=data))
+
+    def on_frame(self, frame: Frame, out: list[bytes]) -> bool:
+        """Handle one server message; append what the client sees to `out`.
+
+        Returns True when the message was a ReadyForQuery (its status is in `ready_status`).
+        """
+        kind = frame.type
+        tokens = self._tokens
+        if not tokens:
+            # Nothing requested: asynchronous traffic (NOTICE, NOTIFY, ParameterStatus).
+            out.append(frame.data)
+            return kind == b"Z"
+        head = tokens[0]
+        if kind in _ASYNC:
+            if head.visible or kind == b"A":
+                out.append(frame.data)
+            return False
+        if kind == b"E":
+            # Errors always reach the client: even when the failed request was the proxy's own,
+            # the client's next request fails with it and must learn why.
+            out.append(frame.data)
+            if head.request is Request.QUERY:
+                return False
+            if head.request is Request.PARSE and head.tag is not None:
+                self.failed_parses.append(head.tag)
+            # Extended protocol: the server now skips every message up to the next Sync.
+            while tokens and tokens[0].request is not Request.SYNC:
+                tokens.popleft()
+            return False
+        if head.visible:
+            out.append(frame.data)
+        if kind == b"Z":
+            self.ready_status = frame.data[5:6]
+            tokens.popleft()
+            self._flush_synthetic(out)
+            return True
+        if kind in _FINAL[head.request]:  # type: ignore[index]
+            tokens.popleft()
+            self._flush_synthetic(out)
+        return False
+
+    def _flush_synthetic(self, out: list[bytes]) -> None:
+        tokens = self._tokens
+        while tokens and tokens[0].synthetic is not None:
+            out.append(tokens.popleft().synthetic)  # type: ignore[arg-type]

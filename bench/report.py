@@ -161,6 +161,14 @@ def evaluate_goals(
     goals: list[Goal] = []
     by_name = {case.label: case for case in cases}
 
+    def missing(*pairs: Summary | None) -> str:
+        for summary in pairs:
+            if summary is not None:
+                info = infos.get(summary.target)
+                if info is not None and info.start_error:
+                    return f"{summary.target} failed to start: {info.start_error}"
+        return _missing(*pairs)
+
     def get(case_name: str, clients: int, target: str) -> Summary | None:
         case = by_name.get(f"{case_name} c{clients}")
         return None if case is None else summaries.get((case.label, target))
@@ -174,7 +182,7 @@ def evaluate_goals(
                 "and TPS >= PgBouncer"
             )
             if not _has_tps(ours) or not _has_tps(theirs):
-                goals.append(Goal(name, None, _missing(ours, theirs)))
+                goals.append(Goal(name, None, missing(ours, theirs)))
                 continue
             assert ours is not None
             assert theirs is not None
@@ -189,7 +197,7 @@ def evaluate_goals(
                 ours = get(workload, clients, target)
                 name = f"{target}, {workload} at {clients} clients: 0 errors, >= 0.9x direct"
                 if ours is None or ours.runs == 0:
-                    goals.append(Goal(name, None, "not run"))
+                    goals.append(Goal(name, None, missing(ours)))
                     continue
                 errors = ours.failed + ours.aborted_clients + (ours.runs - ours.ok_runs)
                 ratio = ours.ratio_direct
@@ -203,7 +211,7 @@ def evaluate_goals(
     theirs = get("storm", 16, "pgbouncer")
     name = f"{HEADLINE}, connection storm (-C -S, 16 clients): TPS >= PgBouncer"
     if not _has_tps(ours) or not _has_tps(theirs):
-        goals.append(Goal(name, None, _missing(ours, theirs)))
+        goals.append(Goal(name, None, missing(ours, theirs)))
     else:
         assert ours is not None
         ratio = ours.ratio_pgbouncer
@@ -217,7 +225,7 @@ def evaluate_goals(
         name = f"dbbalancer-session, {case.label}: CPU/tx <= HAProxy"
         cpu = _ratio_of(ours.cpu_us_per_tx, theirs.cpu_us_per_tx)
         if cpu is None:
-            goals.append(Goal(name, None, _missing(ours, theirs)))
+            goals.append(Goal(name, None, missing(ours, theirs)))
         else:
             goals.append(
                 Goal(
@@ -359,7 +367,7 @@ def render_markdown(
             info = infos.get(target)
             note = ""
             if info is not None and info.start_error:
-                note = f"failed to start: {info.start_error}"
+                note = "failed to start (see Target status)"
             elif s.error:
                 note = f"failed: {s.error}"
             elif s.connect_ms is not None:
@@ -439,7 +447,9 @@ def _memory_section(targets: Sequence[str], infos: Mapping[str, TargetInfo]) -> 
         if info is None or target == "direct":
             continue
         idle = info.idle
-        note = info.start_error or info.idle_note or (idle.error if idle else None) or ""
+        note = info.idle_note or (idle.error if idle else None) or ""
+        if info.start_error:
+            note = "failed to start (see Target status)"
         per_client = None if idle is None else idle.per_client_bytes
         out.append(
             f"| {target} | {_mb(info.peak_rss_kb)} | "

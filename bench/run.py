@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
     parser.add_argument(
+        "--note", action="append", default=[], help="a note to print in the report (repeatable)"
+    )
+    parser.add_argument(
         "--no-micro", action="store_true", help="skip the classifier micro-benchmark"
     )
     return parser
@@ -176,7 +179,7 @@ class Bench:
         self.records: list[RunRecord] = []
         self.infos: dict[str, TargetInfo] = {t.name: TargetInfo(t.name) for t in self.targets}
         self.running: dict[str, RunningTarget] = {}
-        self.notes: list[str] = []
+        self.notes: list[str] = list(args.note)
         self.micro: str | None = None
         self.nofile = 0
         self.pgbench_lines: list[str] = []

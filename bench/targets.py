@@ -360,10 +360,12 @@ def _probe(target: RunningTarget, cluster: PgCluster, deadline: float) -> None:
 
 
 def _error_line(text: str) -> str:
+    """The server's message (from ``FATAL:``/``ERROR:`` on) rather than libpq's preamble."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
-        if "FATAL" in line or "ERROR" in line:
-            return line
+        for marker in ("FATAL:", "ERROR:"):
+            if marker in line:
+                return " ".join(line[line.index(marker) :].split())
     return lines[0] if lines else "unknown error"
 
 

@@ -57,14 +57,18 @@ PARSE_COMPLETE = codec.ParseComplete().encode()
 CLOSE_COMPLETE = codec.CloseComplete().encode()
 READY_IDLE = codec.ReadyForQuery(b"I").encode()
 
-# Pins that end with a given event.
+# Pins that end with a given event. Only events that end the state for certain unpin: a
+# pg_advisory_unlock() may release a lock the session never held while another stays held, and
+# CLOSE of one cursor says nothing of another WITH HOLD cursor, so those keep the pin until the
+# all-clearing form (or the client's disconnect).
 _UNPINS: dict[UnpinEvent, frozenset[PinReason]] = {
     UnpinEvent.DISCARD_ALL: frozenset(PinReason),
     UnpinEvent.DISCARD_TEMP: frozenset((PinReason.TEMP_TABLE,)),
     UnpinEvent.UNLISTEN_ALL: frozenset((PinReason.LISTEN,)),
     UnpinEvent.ADVISORY_UNLOCK_ALL: frozenset((PinReason.ADVISORY_LOCK,)),
-    UnpinEvent.CLOSE_CURSOR: frozenset((PinReason.WITH_HOLD_CURSOR,)),
+    UnpinEvent.CLOSE_ALL_CURSORS: frozenset((PinReason.WITH_HOLD_CURSOR,)),
     UnpinEvent.DEALLOCATE_ALL: frozenset((PinReason.SQL_PREPARE,)),
+    UnpinEvent.RESET_SESSION_AUTHORIZATION: frozenset((PinReason.SESSION_AUTHORIZATION,)),
 }
 
 # Server errors after which a connection's session is gone or the server is going away.

@@ -202,6 +202,7 @@ class HealthMonitor:
         while True:
             # A poke that arrives while the probe is in flight asks about a later moment than
             # the one this probe sees: it must cause one more probe, hence clear before probing.
+            entry.wake.clear()
             result = await self._probe(entry.server)
             self.record(name, result)
             with contextlib.suppress(TimeoutError):

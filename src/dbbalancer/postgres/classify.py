@@ -171,6 +171,11 @@ _SYNTAX_WORDS: Final = _RESERVED | _COL_NAME
 # tablesample method, an INSERT target with its column list.
 _NOT_CALL_AFTER: Final = frozenset({"as", "tablesample", "into"})
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 _SEQUENCE_FUNCS: Final = frozenset({"nextval", "setval", "currval", "lastval"})
 _ADVISORY_SESSION: Final = frozenset(
     {
@@ -191,17 +196,17 @@ _ADVISORY_XACT: Final = frozenset(
 _ADVISORY_UNLOCK: Final = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared"})
 
 # Volatile in pg_proc, but safe (and useful) on a hot standby.
-_REPLICA_SAFE_VOLATILE: Final = frozenset(
+_REPLICA_SAFE_VOLATILE: Final = _words(
     """
     pg_sleep pg_sleep_for pg_sleep_until random random_normal gen_random_uuid uuidv4 uuidv7
     clock_timestamp timeofday pg_is_in_recovery pg_last_wal_replay_lsn pg_last_wal_receive_lsn
     pg_last_xact_replay_timestamp pg_is_wal_replay_paused pg_get_wal_replay_pause_state
-    """.split()
+    """
 )
 
 # Immutable or stable catalog functions (and aggregates / window functions) used when the
 # volatility lookup has no answer.  Unqualified or pg_catalog-qualified names only.
-_SAFE_BUILTINS: Final = frozenset(
+_SAFE_BUILTINS: Final = _words(
     """
     count sum avg min max array_agg string_agg bool_and bool_or every bit_and bit_or bit_xor
     json_agg jsonb_agg json_object_agg jsonb_object_agg json_agg_strict jsonb_agg_strict
@@ -275,7 +280,7 @@ _SAFE_BUILTINS: Final = frozenset(
     pg_control_init pg_control_recovery pg_current_logfile pg_get_wal_resource_managers
     xmlexists xml_is_well_formed xml_is_well_formed_document xml_is_well_formed_content xpath
     xpath_exists xmlcomment xmltext num_nulls num_nonnulls merge_action
-    """.split()
+    """
 )
 # Keyword-spelled names the fast path may treat as plain calls (version(), left(), format()...).
 _KNOWN_FUNCS: Final = (
@@ -575,16 +580,16 @@ def _const(node: Any, ctx: _Ctx) -> tuple[bool, str | None]:
 
 
 def _bool_text(text: str | None) -> bool | None:
-    """PostgreSQL parse_bool() on a literal (unique prefixes of true/false/yes/no, on/off, 1/0)."""
+    """PostgreSQL parse_bool(): prefixes of true/false/yes/no, on/off, 1/0; else None."""
     if text is None:
         return None
     t = text.strip().lower()
     if not t:
         return None
-    if t in ("1", "on") or (len(t) <= 4 and "true".startswith(t)) or "yes".startswith(t):
+    if "true".startswith(t) or "yes".startswith(t) or t in ("on", "1"):
         return True
-    if t in ("0", "of", "off") or (len(t) <= 5 and "false".startswith(t)) or "no".startswith(t):
-        return None if t == "o" else False
+    if "false".startswith(t) or "no".startswith(t) or t in ("of", "off", "0"):
+        return False
     return None
 
 
@@ -778,7 +783,7 @@ class Classifier:
     def _fast_query(self, st: list[Token]) -> Classification:
         n = len(st)
         is_with = st[0] == ("w", "with")
-        structural: Reason | None = None
+        lock = writing_cte = False
         names: list[str] = []
         parens: dict[int, int] | None = None
         depth = 0
@@ -798,10 +803,10 @@ class Classifier:
                     ):
                         continue  # FOR [NO KEY] UPDATE: counted at FOR
                     if prev[0] == "(":
-                        structural = Reason.WRITING_CTE
+                        writing_cte = True
                         continue
                     if is_with and depth == 0 and prev[0] == ")":
-                        return Classification(_WRITE, Reason.DML, False)
+                        return _DML  # WITH ... INSERT / UPDATE / DELETE / MERGE
                     raise _Ambiguous  # e.g. a column called "update"
                 if v == "for":
                     nxt = st[i + 1] if i + 1 < n else ("", "")
@@ -810,20 +815,24 @@ class Classifier:
                         (nxt[0] == "w" and nxt[1] in _LOCK_WORDS)
                         or (nxt == ("w", "no") and nxt2 == ("w", "key"))
                         or (nxt == ("w", "key") and nxt2 == ("w", "share"))
-                    ) and structural is not Reason.WRITING_CTE:
-                        structural = Reason.SELECT_FOR_LOCK
+                    ):
+                        lock = True
                     continue
                 if v == "into":
-                    raise _Ambiguous  # SELECT INTO: let the tree say whether it is TEMP
+                    raise _Ambiguous  # SELECT INTO: the tree says whether it is TEMP
             if (k == "w" or k == "q") and i + 1 < n and st[i + 1][0] == "(":
                 if parens is None:
                     parens = _match_parens(st)
                 name = _call_name(st, i, parens, strict=True)
                 if name is not None:
                     names.append(name)
+        if not names and not lock and not writing_cte:
+            return _PLAIN_READ
         calls = self._resolve(names, None)
-        if structural is not None:
-            calls.write(structural)
+        if lock:
+            calls.write(Reason.SELECT_FOR_LOCK)
+        if writing_cte:
+            calls.write(Reason.WRITING_CTE)
         if calls.reason is not None:
             return Classification(
                 _WRITE,
@@ -833,9 +842,7 @@ class Classifier:
                 unpins=tuple(calls.unpins),
                 functions=tuple(calls.functions),
             )
-        if calls.functions:
-            return Classification(_READ, Reason.PLAIN_SELECT, True, functions=tuple(calls.functions))
-        return _PLAIN_READ
+        return Classification(_READ, Reason.PLAIN_SELECT, True, functions=tuple(calls.functions))
 
     def _fast_dml(self, st: list[Token]) -> Classification:
         names: list[str] = []
@@ -916,8 +923,8 @@ class Classifier:
             tree = json.loads(parse_sql_json(sql))
         except Exception:
             count = 1 if lex_error else max(1, _count_statements(toks))
-            return [dataclasses.replace(_PARSE_ERROR, statements=count)] if count > 1 else [
-                _PARSE_ERROR
+            return [
+                _PARSE_ERROR if count == 1 else dataclasses.replace(_PARSE_ERROR, statements=count)
             ]
         return [self._node(raw.get("stmt", {}), ctx) for raw in tree.get("stmts", ())]
 
@@ -1075,18 +1082,14 @@ class Classifier:
             return _session_set((SettingChange("all", None, False, reset_all=True),), ())
         if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
             unpins = (
-                (UnpinEvent.RESET_SESSION_AUTHORIZATION,)
-                if name == "session_authorization"
-                else ()
+                (UnpinEvent.RESET_SESSION_AUTHORIZATION,) if name == "session_authorization" else ()
             )
             return _session_set((SettingChange(name, None, local),), (), unpins)
         if kind == "VAR_SET_VALUE":
             value = _setting_value(name, args, ctx)
             if value is None:
                 return _session_set((), (PinReason.UNTRACKED_SETTING,))
-            pins = (
-                (PinReason.SESSION_AUTHORIZATION,) if name == "session_authorization" else ()
-            )
+            pins = (PinReason.SESSION_AUTHORIZATION,) if name == "session_authorization" else ()
             return _session_set((SettingChange(name, value, local),), pins)
         return _session_set((), (PinReason.UNTRACKED_SETTING,))
 
@@ -1127,18 +1130,18 @@ class Classifier:
         return Classification(_SESSION, Reason.LISTEN_NOTIFY, True, unpins=(unpin,), target=channel)
 
     def _stmt_notify(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
-        return Classification(
-            _WRITE, Reason.LISTEN_NOTIFY, False, target=body.get("conditionname")
-        )
+        return Classification(_WRITE, Reason.LISTEN_NOTIFY, False, target=body.get("conditionname"))
 
     def _stmt_declare(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
         inner = self._node(body.get("query", {}), ctx)
         hold = bool(int(body.get("options", 0)) & _CURSOR_OPT_HOLD)
         pins = (PinReason.WITH_HOLD_CURSOR, *inner.pins) if hold else inner.pins
         if inner.kind is _READ and inner.read_only:
-            kind, reason, read_only = _READ, (
-                Reason.WITH_HOLD_CURSOR if hold else Reason.CURSOR
-            ), True
+            kind, reason, read_only = (
+                _READ,
+                (Reason.WITH_HOLD_CURSOR if hold else Reason.CURSOR),
+                True,
+            )
         else:
             kind, reason, read_only = _WRITE, inner.reason, False
         return Classification(
@@ -1180,7 +1183,9 @@ class Classifier:
 
     def _stmt_deallocate(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
         name = body.get("name")
-        unpin = UnpinEvent.DEALLOCATE_ALL if body.get("isall") or not name else UnpinEvent.DEALLOCATE
+        unpin = (
+            UnpinEvent.DEALLOCATE_ALL if body.get("isall") or not name else UnpinEvent.DEALLOCATE
+        )
         return Classification(
             _SESSION, Reason.SQL_DEALLOCATE, True, unpins=(unpin,), prepared_name=name
         )
@@ -1190,9 +1195,7 @@ class Classifier:
 
     def _stmt_call(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
         name = _names(body.get("funccall", {}).get("funcname"))
-        return Classification(
-            _WRITE, Reason.CALL_OR_DO, False, functions=(name,) if name else ()
-        )
+        return Classification(_WRITE, Reason.CALL_OR_DO, False, functions=(name,) if name else ())
 
     def _stmt_do(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
         return Classification(_WRITE, Reason.CALL_OR_DO, False)
@@ -1267,9 +1270,7 @@ def _session_set(
     pins: tuple[PinReason, ...],
     unpins: tuple[UnpinEvent, ...] = (),
 ) -> Classification:
-    return Classification(
-        _SESSION, Reason.SET, True, settings=settings, pins=pins, unpins=unpins
-    )
+    return Classification(_SESSION, Reason.SET, True, settings=settings, pins=pins, unpins=unpins)
 
 
 def _tx_options(options: Iterable[Any], ctx: _Ctx) -> tuple[bool | None, bool]:

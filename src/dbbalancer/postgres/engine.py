@@ -34,7 +34,7 @@ from dbbalancer.core.statement import (
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.backend import ServerConnection, ServerError, ServerUnavailable
 from dbbalancer.postgres.codec import Frame, ProtocolError
-from dbbalancer.postgres.params import set_statements
+from dbbalancer.postgres.params import sync_statement
 from dbbalancer.postgres.prepared import (
     PreparedStatement,
     bind_statement,
@@ -168,8 +168,30 @@ class Engine:
         self._flush()
 
     def _answer_locally(self, frame: Frame) -> bool:
-        """Messages that need no server when none is attached (Sync, Flush, Close)."""
+        """Messages that need no server when none is attached.
+
+        Sync, Flush and the Close of a client statement need none; nor does the Parse of a
+        statement that a server connection has already parsed under the same name (same text,
+        parameter types and search_path). Answering that one here matters: clients such as
+        pgbench prepare synchronously while their other connections hold servers in
+        transactions, and would otherwise wait on the pool forever.
+        """
         kind = frame.type
+        if kind == b"P":
+            name, query, rest = parse_fields(frame)
+            if not name:
+                return False
+            server_name = server_statement_name(query, rest, self._search_path())
+            if not self.cluster.known_statements.touch(server_name):
+                return False
+            c = self.classifier.classify(query)
+            if c.pins or c.settings or c.unpins:
+                return False
+            self.prepared[name] = PreparedStatement(
+                name, server_name, query, make_parse(server_name, query, rest), c
+            )
+            self._to_client.append(PARSE_COMPLETE)
+            return True
         if kind == b"S":
             self._to_client.append(READY_IDLE)
             return True
@@ -296,18 +318,12 @@ class Engine:
 
     def _sync_state(self, server: ServerConnection) -> None:
         """Bring the connection's settings to this client's, as one hidden simple query."""
-        want = self.settings
-        have = server.applied
-        if want == have:
+        sql = sync_statement(server.applied, self.settings)
+        if sql is None:
             return
-        resets = [name for name in have if name not in want]
-        sets = {name: value for name, value in want.items() if have.get(name) != value}
-        parts = [f"RESET {_quote_name(name)}" for name in resets]
-        if sets:
-            parts.append(set_statements(sets))
-        self._to_server.append(codec.Query("; ".join(parts)).encode())
+        self._to_server.append(codec.Query(sql).encode())
         server.tracker.expect(Request.QUERY, visible=False)
-        server.applied = dict(want)
+        server.applied = dict(self.settings)
 
     def _send(self, frame: Frame) -> None:
         """Send one client frame to the attached server, rewriting what pooling requires."""
@@ -397,6 +413,9 @@ class Engine:
             # Flush, CopyData, CopyDone, CopyFail: no response of their own.
             out.append(frame.data)
 
+    def _search_path(self) -> str:
+        return self.settings.get("search_path", "")
+
     def _prepare_on(
         self, server: ServerConnection, stmt: PreparedStatement, *, visible: bool
     ) -> None:
@@ -404,6 +423,7 @@ class Engine:
         for evicted in server.statements.add(stmt.server_name):
             self._to_server.append(close_statement(evicted))
             tracker.expect(Request.CLOSE, visible=False)
+        self.cluster.known_statements.add(stmt.server_name)
         self._to_server.append(stmt.parse)
         tracker.expect(Request.PARSE, visible=visible, tag=stmt.server_name)
 
@@ -539,6 +559,7 @@ class Engine:
         if tracker.failed_parses:
             for name in tracker.failed_parses:
                 server.statements.discard(name)
+                self.cluster.known_statements.discard(name)
             tracker.failed_parses.clear()
         self._flush()
 
@@ -687,10 +708,6 @@ class Engine:
 
 def _begins_transaction(c: Classification) -> bool:
     return c.kind is StatementKind.TRANSACTION and c.tx is TxAction.BEGIN and c.statements == 1
-
-
-def _quote_name(name: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
 def _sqlstate_for(exc: Exception) -> str:

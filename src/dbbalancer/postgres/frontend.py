@@ -33,7 +33,7 @@ from dbbalancer.postgres.backend import (
 from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.engine import Engine
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
-from dbbalancer.postgres.params import parse_options, set_statements
+from dbbalancer.postgres.params import parse_options, sync_statement
 
 if TYPE_CHECKING:
     from dbbalancer.postgres.service import PgCluster, PostgresService
@@ -307,32 +307,45 @@ class ClientSession(FramedProtocol):
         mode = cluster.config.effective_pool_mode(user)
         split = cluster.config.read_write_split
         managed = mode is not PoolMode.SESSION or split
-        server, pool = await self._acquire(cluster, user)
-        try:
-            if settings:
-                await server.simple_query(set_statements(settings))
-            server.applied = dict(settings)
-        except ServerError as exc:
-            pool.release(server)
-            raise Refused(
-                exc.sqlstate, f"start-up parameter rejected by the server: {exc.message}"
-            ) from None
-        except BaseException:
-            pool.release(server, reusable=False)
-            raise
-        parameters = dict(server.parameters)
-        if not managed:
-            self.server = server
-        elif mode is PoolMode.SESSION:
-            self.engine = Engine(
-                self, mode=mode, split=split, settings=settings, home=server, home_pool=pool
-            )
-        else:
-            # Transaction/statement pooling: the connection only served the welcome.
-            pool.release(server)
+        welcome_key = (cluster.config.name, user.name, tuple(sorted(settings.items())))
+        cached = self.service.welcome.get(welcome_key)
+        if mode is not PoolMode.SESSION and cached is not None:
+            # Transaction pooling: a client with the same settings was welcomed before; its
+            # ParameterStatus values serve again without taking a server connection.
+            parameters = dict(cached)
             self.engine = Engine(
                 self, mode=mode, split=split, settings=settings, home=None, home_pool=None
             )
+        else:
+            server, pool = await self._acquire(cluster, user)
+            try:
+                sql = sync_statement(server.applied, settings)
+                if sql is not None:
+                    await server.simple_query(sql)
+                server.applied = dict(settings)
+            except ServerError as exc:
+                # Part of the SETs may have run: the connection's state is unknown; drop it.
+                pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
+                raise Refused(
+                    exc.sqlstate, f"start-up parameter rejected by the server: {exc.message}"
+                ) from None
+            except BaseException:
+                pool.release(server, reusable=False)
+                raise
+            parameters = dict(server.parameters)
+            self.service.welcome[welcome_key] = dict(parameters)
+            if not managed:
+                self.server = server
+            elif mode is PoolMode.SESSION:
+                self.engine = Engine(
+                    self, mode=mode, split=split, settings=settings, home=server, home_pool=pool
+                )
+            else:
+                # Transaction/statement pooling: the connection only served the welcome.
+                pool.release(server)
+                self.engine = Engine(
+                    self, mode=mode, split=split, settings=settings, home=None, home_pool=None
+                )
 
         self.reader.max_length = self.service.settings.max_message_size
         out = [codec.AuthenticationOk().encode()]

@@ -32,9 +32,7 @@ def set_statements(settings: dict[str, str]) -> str:
     """
     parts = []
     for name, value in settings.items():
-        if not _NAME.match(name):
-            raise ValueError(f"invalid parameter name {name!r}")
-        target = ".".join(quote_ident(p) for p in name.split("."))
+        target = quote_name(name)
         parts.append(f"SET {target} TO {quote_literal(value)}")
     return "; ".join(parts)
 
@@ -77,3 +75,25 @@ def parse_options(options: str) -> dict[str, str]:
             out[name.replace("-", "_").lower()] = value
         i += 1
     return out
+
+
+def sync_statement(have: dict[str, str], want: dict[str, str]) -> str | None:
+    """The simple-query string that takes a connection from settings `have` to `want`.
+
+    `have` is what the proxy set on the connection beyond its defaults; a setting in `have` but
+    not in `want` is RESET. None when nothing needs to change.
+    """
+    if have == want:
+        return None
+    parts = [f"RESET {quote_name(name)}" for name in have if name not in want]
+    changed = {name: value for name, value in want.items() if have.get(name) != value}
+    if changed:
+        parts.append(set_statements(changed))
+    return "; ".join(parts)
+
+
+def quote_name(name: str) -> str:
+    """A possibly dotted setting name, each part quoted."""
+    if not _NAME.match(name):
+        raise ValueError(f"invalid parameter name {name!r}")
+    return ".".join(quote_ident(part) for part in name.split("."))

@@ -53,10 +53,14 @@ def parse_fields(frame: Frame) -> tuple[str, str, bytes]:
         raise ProtocolError("Parse message is not valid UTF-8") from None
 
 
-def server_statement_name(query: str, rest: bytes) -> str:
-    """The shared server-side name of a statement: a hash of its text and parameter types."""
-    digest = hashlib.blake2b(query.encode() + b"\0" + rest, digest_size=10).hexdigest()
-    return f"dbb_{digest}"
+def server_statement_name(query: str, rest: bytes, search_path: str = "") -> str:
+    """The shared server-side name of a statement.
+
+    A hash of its text, its parameter types and the search_path it is parsed under: the same
+    text names other tables under another search_path, so those must not share a statement.
+    """
+    key = query.encode() + b"\0" + rest + b"\0" + search_path.encode()
+    return f"dbb_{hashlib.blake2b(key, digest_size=10).hexdigest()}"
 
 
 def make_parse(server_name: str, query: str, rest: bytes) -> bytes:

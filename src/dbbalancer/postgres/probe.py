@@ -214,16 +214,12 @@ class PgProber:
 
     async def _connection(self, server: Server) -> ServerConnection:
         conn = self._connections.get(server.name)
-        if conn is not None:
-            # A server that shuts down sends a FATAL (57P01 admin_shutdown) to idle sessions and
-            # closes them: it is queued here, and says more than "connection lost" would.
-            for frame in conn.take_queued():
-                msg = codec.decode_backend(frame)
-                if isinstance(msg, codec.ErrorResponse):
-                    raise ServerError(msg.sqlstate, msg.message)
-            if conn.broken:
-                self._discard(server.name)
-                conn = None
+        if conn is not None and (conn.broken or self._closed_by_server(conn)):
+            # Closed while idle: pg_terminate_backend() on the probe's session, a restart, an
+            # idle_session_timeout. Only a new connection says what the server is now (a server
+            # that is shutting down refuses it with 57P03 or does not accept it at all).
+            self._discard(server.name)
+            conn = None
         if conn is None:
             conn = await connect_server(
                 server,
@@ -236,6 +232,23 @@ class PgProber:
             )
             self._connections[server.name] = conn
         return conn
+
+    @staticmethod
+    def _closed_by_server(conn: ServerConnection) -> bool:
+        closing = False
+        for frame in conn.take_queued():
+            # Between probes a server only speaks to say goodbye (a FATAL ErrorResponse, e.g.
+            # 57P01 admin_shutdown) or to report a ParameterStatus change or a notice.
+            msg = codec.decode_backend(frame)
+            if isinstance(msg, codec.ErrorResponse):
+                log.debug(
+                    "probe connection to %s closed by the server: %s (SQLSTATE %s)",
+                    conn.server.name,
+                    msg.message,
+                    msg.sqlstate,
+                )
+                closing = True
+        return closing
 
     def _discard(self, name: str) -> None:
         conn = self._connections.pop(name, None)

@@ -12,7 +12,7 @@ import logging
 import secrets
 import typing
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dbbalancer.config import (
@@ -32,6 +32,7 @@ from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
 from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
 from dbbalancer.postgres.classify import Classifier
 from dbbalancer.postgres.frontend import ClientSession, Refused
+from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.probe import PgProber
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class PgCluster:
 
     config: ClusterConfig
     runtime: Cluster[ServerConnection]
+    # Server-side statements some server connection parsed successfully: a client's Parse+Sync
+    # of one of these is answered without a server (see Engine._answer_locally).
+    known_statements: StatementCache = field(default_factory=lambda: StatementCache(10_000))
 
 
 def servers_of(cluster: ClusterConfig) -> list[Server]:
@@ -88,6 +92,8 @@ class PostgresService:
         self._clients_by_user: dict[str, int] = {}
         self.server: asyncio.Server | None = None
         self.sessions: set[ClientSession] = set()
+        # (cluster, user, start-up settings) -> the ParameterStatus values a client was sent.
+        self.welcome: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
 
     def _make_runtime(self, cluster: ClusterConfig) -> Cluster[ServerConnection]:
         general = self.config.general

@@ -1,0 +1,322 @@
+"""Transaction and statement pooling with real clients: no session state leaks, prepared
+statements keep working, limits hold."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from dbbalancer.config import parse_config
+from dbbalancer.testing.balancer import BalancerThread
+from dbbalancer.testing.pgcluster import PgCluster
+
+
+def config_text(cluster: PgCluster, *, mode: str, pool_size: int, extra: str = "") -> str:
+    servers = "".join(
+        f'[[clusters.servers]]\nname = "{node.name}"\naddress = "{node.address()}"\n'
+        f'role = "{"primary" if node == cluster.primary else "replica"}"\n'
+        for node in cluster.nodes
+    )
+    return f"""
+[listen]
+postgres = "127.0.0.1:0"
+
+[[users]]
+name = "{cluster.user}"
+password = "{cluster.password}"
+
+[[clusters]]
+name = "main"
+database = "{cluster.database}"
+pool_mode = "{mode}"
+pool_size = {pool_size}
+query_wait_timeout = "60s"
+{extra}
+{servers}
+"""
+
+
+def start(cluster: PgCluster, **kwargs: object) -> BalancerThread:
+    return BalancerThread(parse_config(config_text(cluster, **kwargs))).start()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tx_balancer(pg_cluster: PgCluster) -> Iterator[BalancerThread]:
+    balancer = start(pg_cluster, mode="transaction", pool_size=10)
+    try:
+        yield balancer
+    finally:
+        balancer.stop()
+
+
+def dsn(balancer: BalancerThread, **extra: str) -> str:
+    host, port = balancer.pg_address
+    return make_conninfo(
+        host=host, port=str(port), user="app", password="app", dbname="main", **extra
+    )
+
+
+def server_connections(cluster: PgCluster) -> int:
+    rows = cluster.sql(
+        cluster.primary,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+        "AND application_name <> 'dbbalancer-probe' AND backend_type = 'client backend'",
+    )
+    return int(rows[0][0] or 0)
+
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def test_thousand_clients_over_pool_size_ten(
+    tx_balancer: BalancerThread, pg_cluster: PgCluster
+) -> None:
+    raise_fd_limit(8192)
+    host, port = tx_balancer.pg_address
+
+    async def one(i: int) -> int:
+        conn = await asyncpg.connect(
+            host=host, port=port, user="app", password="app", database="main", timeout=60
+        )
+        try:
+            value = await conn.fetchval("SELECT $1::int + 1", i)
+            await asyncio.sleep(0.01)
+            value += await conn.fetchval("SELECT 0")
+            return int(value)
+        finally:
+            await conn.close()
+
+    async def run() -> list[int]:
+        sem = asyncio.Semaphore(1000)
+
+        async def guarded(i: int) -> int:
+            async with sem:
+                return await one(i)
+
+        return await asyncio.gather(*(guarded(i) for i in range(1000)))
+
+    results = asyncio.run(run())
+    assert results == [i + 1 for i in range(1000)]
+    # pool_size 10 for the primary; the replicas are not used without read_write_split.
+    assert server_connections(pg_cluster) <= 10
+
+
+def test_asyncpg_pool_prepared_statements(tx_balancer: BalancerThread) -> None:
+    host, port = tx_balancer.pg_address
+    small = None
+
+    async def run() -> list[int]:
+        nonlocal small
+        pool = await asyncpg.create_pool(
+            host=host, port=port, user="app", password="app", database="main",
+            min_size=50, max_size=50,
+        )  # fmt: skip
+        try:
+
+            async def work(i: int) -> int:
+                async with pool.acquire() as conn:
+                    total = 0
+                    for j in range(5):
+                        total += await conn.fetchval("SELECT $1::int * $2::int", i, j)
+                    row = await conn.fetchrow("SELECT $1::text AS t, $2::int AS n", "x", i)
+                    assert row is not None
+                    assert row["n"] == i
+                    return total
+
+            return await asyncio.gather(*(work(i) for i in range(200)))
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == [i * 10 for i in range(200)]
+
+
+def test_psycopg_prepare_threshold_zero(tx_balancer: BalancerThread) -> None:
+    with psycopg.connect(dsn(tx_balancer), autocommit=True, prepare_threshold=0) as conn:
+        for i in range(20):
+            assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS tp (x int)")
+            conn.execute("INSERT INTO tp VALUES (%s)", (1,))
+    with psycopg.connect(dsn(tx_balancer), prepare_threshold=0) as conn:
+        for i in range(5):
+            assert conn.execute("SELECT %s::text", (str(i),)).fetchone() == (str(i),)
+            conn.commit()
+
+
+def test_sql_level_prepare_and_execute(tx_balancer: BalancerThread) -> None:
+    with psycopg.connect(dsn(tx_balancer), autocommit=True) as conn:
+        conn.execute("PREPARE twice(int) AS SELECT $1 * 2")
+        for i in range(5):
+            assert conn.execute(f"EXECUTE twice({i})").fetchone() == (i * 2,)
+        conn.execute("DEALLOCATE twice")
+
+
+def test_set_statement_timeout_stays_with_its_client(
+    tx_balancer: BalancerThread,
+) -> None:
+    with psycopg.connect(dsn(tx_balancer), autocommit=True) as a:
+        a.execute("SET statement_timeout = 1")
+        a.execute("SET search_path = pg_catalog")
+
+        def busy(i: int) -> list[tuple[str, str]]:
+            seen = []
+            with psycopg.connect(dsn(tx_balancer), autocommit=True) as other:
+                for _ in range(10):
+                    other.execute("SELECT pg_sleep(0.005)")
+                    row = other.execute("SHOW statement_timeout").fetchone()
+                    path = other.execute("SHOW search_path").fetchone()
+                    assert row is not None
+                    assert path is not None
+                    seen.append((row[0], path[0]))
+            return seen
+
+        async def many() -> list[list[tuple[str, str]]]:
+            return await asyncio.gather(*(asyncio.to_thread(busy, i) for i in range(20)))
+
+        results = asyncio.run(many())
+        for seen in results:
+            assert set(seen) == {("0", '"$user", public')}
+        assert a.execute("SHOW statement_timeout").fetchone() == ("1ms",)
+        assert a.execute("SHOW search_path").fetchone() == ("pg_catalog",)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            a.execute("SELECT pg_sleep(0.2)")
+        a.execute("RESET statement_timeout")
+        assert a.execute("SHOW statement_timeout").fetchone() == ("0",)
+
+
+def test_set_rolled_back_does_not_stick(tx_balancer: BalancerThread) -> None:
+    with psycopg.connect(dsn(tx_balancer)) as conn:
+        conn.execute("SET application_name = 'in-tx'")
+        conn.rollback()
+        conn.autocommit = True
+        assert conn.execute("SHOW application_name").fetchone() != ("in-tx",)
+
+
+def test_temp_table_advisory_lock_and_listen_pin(
+    tx_balancer: BalancerThread, pg_cluster: PgCluster
+) -> None:
+    with psycopg.connect(dsn(tx_balancer), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE pinned_t (x int)")
+        for i in range(5):
+            conn.execute("INSERT INTO pinned_t VALUES (%s)", (i,))
+        assert conn.execute("SELECT count(*) FROM pinned_t").fetchone() == (5,)
+        conn.execute("SELECT pg_advisory_lock(4242)")
+        with psycopg.connect(dsn(tx_balancer), autocommit=True) as other:
+            assert other.execute("SELECT pg_try_advisory_lock(4242)").fetchone() == (False,)
+        assert conn.execute("SELECT pg_advisory_unlock(4242)").fetchone() == (True,)
+        conn.execute("LISTEN pool_channel")
+        with psycopg.connect(dsn(tx_balancer), autocommit=True) as other:
+            other.execute("NOTIFY pool_channel, 'hi'")
+        received = [(n.channel, n.payload) for n in conn.notifies(timeout=5, stop_after=1)]
+        assert received == [("pool_channel", "hi")]
+
+
+def test_session_state_error_policy_refuses(pg_cluster: PgCluster) -> None:
+    balancer = start(pg_cluster, mode="transaction", pool_size=2, extra='session_state = "error"')
+    try:
+        with psycopg.connect(dsn(balancer), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="session state"):
+                conn.execute("CREATE TEMP TABLE refused_t (x int)")
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        balancer.stop()
+
+
+def test_pgbench_prepared_more_clients_than_connections(pg_cluster: PgCluster) -> None:
+    env = {**os.environ, "PGPASSWORD": pg_cluster.password}
+    primary = pg_cluster.primary
+    init = subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q", "-h", primary.host, "-p", str(primary.port),
+         "-U", pg_cluster.user, pg_cluster.database],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    balancer = start(pg_cluster, mode="transaction", pool_size=4)
+    try:
+        host, port = balancer.pg_address
+        run = subprocess.run(
+            ["pgbench", "-M", "prepared", "-c", "32", "-j", "2", "-T", "4", "-n",
+             "-h", host, "-p", str(port), "-U", pg_cluster.user, "main"],
+            capture_output=True, text=True, env=env, timeout=90, check=False,
+        )  # fmt: skip
+    finally:
+        balancer.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "number of failed transactions: 0" in run.stdout
+
+
+def test_statement_mode_refuses_transactions(pg_cluster: PgCluster) -> None:
+    balancer = start(pg_cluster, mode="statement", pool_size=2)
+    try:
+        with psycopg.connect(dsn(balancer), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="statement pooling"):
+                conn.execute("BEGIN")
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        balancer.stop()
+
+
+def test_query_wait_timeout_names_the_pool(pg_cluster: PgCluster) -> None:
+    balancer = (
+        start(pg_cluster, mode="transaction", pool_size=1, extra='query_wait_timeout = "300ms"')
+        if False
+        else BalancerThread(
+            parse_config(
+                config_text(pg_cluster, mode="transaction", pool_size=1).replace(
+                    'query_wait_timeout = "60s"', 'query_wait_timeout = "300ms"'
+                )
+            )
+        ).start()
+    )
+    try:
+        with psycopg.connect(dsn(balancer)) as warm:
+            warm.execute("SELECT 1")  # the welcome for these settings is now cached
+        with psycopg.connect(dsn(balancer)) as holder:
+            holder.execute("SELECT 1")  # holds the only connection in an open transaction
+            with psycopg.connect(dsn(balancer), autocommit=True) as waiter:
+                with pytest.raises(psycopg.OperationalError, match="main/app@primary"):
+                    waiter.execute("SELECT 2")
+            holder.rollback()
+    finally:
+        balancer.stop()
+
+
+def test_client_killed_mid_transaction_rolls_back(
+    tx_balancer: BalancerThread, pg_cluster: PgCluster
+) -> None:
+    conn = psycopg.connect(dsn(tx_balancer, application_name="killed-mid-tx"))
+    conn.execute("CREATE TABLE IF NOT EXISTS killed_t (x int)")
+    conn.commit()
+    conn.execute("INSERT INTO killed_t VALUES (1)")
+    pid_row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert pid_row is not None
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + 10
+    rows: list[tuple[str | None, ...]] = []
+    while time.monotonic() < deadline:
+        rows = pg_cluster.sql(
+            pg_cluster.primary,
+            f"SELECT state FROM pg_stat_activity WHERE pid = {pid_row[0]} "
+            "AND state LIKE 'idle in transaction%'",
+        )
+        if not rows:
+            break
+        time.sleep(0.1)
+    conn.close()
+    assert rows == []
+    assert pg_cluster.sql(pg_cluster.primary, "SELECT count(*) FROM killed_t") == [("0",)]

@@ -310,7 +310,11 @@ def render_markdown(
         "",
         f"- Run: {meta.scope}",
         f"- Started: {meta.started}, wall time {meta.wall_seconds / 60:.1f} min",
-        f"- Command: `{meta.command}`",
+        "- Command:",
+        "",
+        "```",
+        meta.command,
+        "```",
         "",
         "## Machine",
         "",
@@ -324,9 +328,10 @@ def render_markdown(
         "",
         "## Commands",
         "",
-        "Full run: `make bench` (= `bash scripts/bootstrap.sh bench` then "
-        "`.venv/bin/python -m bench.run`). pgbench command lines (PGPASSWORD in the",
-        "environment; `-p` is the target's port, `--log-prefix` a temporary directory):",
+        "Full run: `make bench` (= `bash scripts/bootstrap.sh bench` then",
+        "`.venv/bin/python -m bench.run`). pgbench command lines, the same for every target",
+        "(PGPASSWORD in the environment; PORT is the target's port, LOGDIR a temporary",
+        "directory per run):",
         "",
         "```",
         *meta.pgbench_commands,
@@ -484,6 +489,9 @@ def render_chart(
     labels = [case.label for case in cases]
     shown = [t for t in targets if any(summaries.get((c, t)) for c in labels)]
     width = 0.8 / max(1, len(shown))
+    # Fixed colours per target: the CPU panel skips "direct", and must not shift the palette.
+    palette = plt.get_cmap("tab10")
+    colours = {target: palette(index % 10) for index, target in enumerate(targets)}
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(max(8.0, 1.1 * len(labels) + 3), 9), constrained_layout=True
     )
@@ -492,13 +500,15 @@ def render_chart(
         offsets = [p - 0.4 + width * (index + 0.5) for p in positions]
         ratios = [_zero(summaries.get((c, target)), "ratio_direct") for c in labels]
         cpu = [_zero(summaries.get((c, target)), "cpu_us_per_tx") for c in labels]
-        top.bar(offsets, ratios, width, label=target)
+        top.bar(offsets, ratios, width, label=target, color=colours[target])
         if target != "direct":
-            bottom.bar(offsets, cpu, width, label=target)
+            bottom.bar(offsets, cpu, width, label=target, color=colours[target])
     top.axhline(1.0, color="black", linewidth=0.8)
     top.set_ylabel("TPS / direct TPS")
     top.set_title("bench results chart: TPS ratio to direct (median over rounds)")
-    bottom.set_ylabel("proxy CPU us / transaction")
+    bottom.set_ylabel("proxy CPU us / transaction (log scale)")
+    # Reconnecting clients cost 100x a query (SCRAM per login): only a log scale shows both.
+    bottom.set_yscale("log")
     bottom.set_title("proxy CPU per transaction (lower is better)")
     for axis in (top, bottom):
         axis.set_xticks(positions)

@@ -349,8 +349,11 @@ class Bench:
             return PgbenchResult(command, error=f"{type(exc).__name__}: {exc}")
         if not target.alive():
             result.error = result.error or f"target exited: {target.failure()}"
-        line = shlex.join(command).replace(str(workdir), "$TMP")
-        generic = line.replace(f"-p {target.port}", "-p PORT")
+        generic = (
+            shlex.join(command)
+            .replace(str(log_dir), "LOGDIR")
+            .replace(f"-p {target.port}", "-p PORT")
+        )
         if generic not in self.pgbench_lines:
             self.pgbench_lines.append(generic)
         return result

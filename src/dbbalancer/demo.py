@@ -87,10 +87,13 @@ def run_workload(dsn: str, port_names: dict[int, str]) -> list[tuple[str, str]]:
             with conn.cursor() as cur:
                 # The statement and the port probe run as one string so they share a server.
                 cur.execute(f"{sql}; SELECT inet_server_port()")
-                while cur.nextset():
-                    pass
-                row = cur.fetchone()
-            port = int(row[0]) if row else -1
+                rows: list[tuple[object, ...]] = []
+                while True:
+                    if cur.description is not None:
+                        rows = cur.fetchall()
+                    if not cur.nextset():
+                        break
+            port = int(str(rows[0][0])) if rows else -1
             served.append((kind, port_names.get(port, f"port {port}")))
     return served
 

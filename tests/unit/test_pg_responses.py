@@ -132,3 +132,13 @@ def test_copy_out_within_execute() -> None:
     out, _ = feed(tracker, copy_out, data, copy_done, codec.CommandComplete("COPY 1").encode())
     assert len(out) == 4
     assert len(tracker) == 1  # only the Sync left
+
+
+def test_hidden_query_rows_can_be_captured() -> None:
+    tracker = ResponseTracker()
+    rows: list[bytes] = []
+    tracker.expect(Request.QUERY, visible=False, capture=rows)
+    out, readies = feed(tracker, ROW_DESC, ROW, DONE, READY)
+    assert out == []
+    assert readies == 1
+    assert rows == [ROW]

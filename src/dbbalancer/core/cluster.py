@@ -119,7 +119,7 @@ class Cluster(Generic[C]):
 
     def order_replicas(self, replicas: list[Server]) -> list[Server]:
         """`replicas` in the balancing policy's order of preference."""
-        if len(replicas) <= 1:
+        if not replicas:
             return replicas
         by_name = {s.name: s for s in replicas}
         candidates = []

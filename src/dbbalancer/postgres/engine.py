@@ -26,6 +26,7 @@ from dbbalancer.core.routing import Decision, RouteReason, Target, decide
 from dbbalancer.core.statement import (
     Classification,
     PinReason,
+    Reason,
     SettingChange,
     StatementKind,
     TxAction,
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 PARSE_COMPLETE = codec.ParseComplete().encode()
 CLOSE_COMPLETE = codec.CloseComplete().encode()
 READY_IDLE = codec.ReadyForQuery(b"I").encode()
+# The primary's WAL position in bytes, asked right after a write commits (read-your-writes).
+POSITION_QUERY = codec.Query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").encode()
 
 # Pins that end with a given event. Only events that end the state for certain unpin: a
 # pg_advisory_unlock() may release a lock the session never held while another stays held, and
@@ -95,6 +98,7 @@ class _Unit:
     retry_sql: str | None = None
     rows_sent: bool = False
     errors: int = 0
+    wrote: bool = False  # ran something that is not a read (read-your-writes)
 
 
 class Engine:
@@ -140,6 +144,9 @@ class Engine:
         self.default_primary = user.default_route.value == "primary"
         self.ro_tx_to_replica = cluster.config.read_only_transactions.value == "replica"
         self.refuse_session_state = cluster.config.session_state is SessionStatePolicy.ERROR
+        self.read_your_writes = cluster.config.read_your_writes and split
+        self.min_position: int | None = None  # the primary's position after our last write
+        self._position_rows: list[bytes] | None = None
 
     # -- client side ----------------------------------------------------------------------------
 
@@ -265,7 +272,9 @@ class Engine:
     async def _acquire(self, unit: _Unit) -> None:
         cluster = self.cluster
         try:
-            choice = await cluster.runtime.choose(unit.decision.target)
+            choice = await cluster.runtime.choose(
+                unit.decision.target, min_position=self.min_position
+            )
             if choice.fallback is not None:
                 unit.decision = Decision(Target.PRIMARY, choice.fallback)
                 unit.retry_frames = None
@@ -367,6 +376,8 @@ class Engine:
             name = frame.data[start:end].decode(errors="replace")
             if name:
                 bound = self.prepared.get(name)
+                if bound is not None and unit is not None and not bound.classification.read_only:
+                    unit.wrote = True
                 if bound is not None:
                     self._ensure_prepared(server, bound)
                     out.append(with_name(frame, start, end, bound.server_name))
@@ -448,15 +459,18 @@ class Engine:
                 'set session_state = "pin" on the cluster, or use pool_mode = "session"',
             )
             return False
-        if c.kind is StatementKind.TRANSACTION and self.mode is PoolMode.STATEMENT:
-            if c.tx is TxAction.BEGIN and c.statements == 1:
-                self._refuse(
-                    frame,
-                    "0A000",
-                    "transactions are not allowed in statement pooling",
-                    'use pool_mode = "transaction" for this user or cluster',
-                )
-                return False
+        if self.mode is PoolMode.STATEMENT and _begins_transaction(c):
+            self._refuse(
+                frame,
+                "0A000",
+                "transactions are not allowed in statement pooling",
+                'use pool_mode = "transaction" for this user or cluster',
+            )
+            return False
+        if not c.read_only and self.unit is not None:
+            self.unit.wrote = True
+        if c.reason is Reason.DDL:
+            self.session.service.poke_volatility(self.cluster.config.name)
         for pin in c.pins:
             if pin not in self.pins:
                 log.info("%r: pinned to its server connection: %s", self.session, pin.value)
@@ -577,6 +591,22 @@ class Engine:
             self._pending_settings.clear()
         self._rollback = False
         self._tx_failed = False
+        if self._position_rows is not None:
+            self._learn_position(self._position_rows)
+            self._position_rows = None
+        elif (
+            self.read_your_writes
+            and unit is not None
+            and unit.wrote
+            and unit.decision.target is Target.PRIMARY
+        ):
+            # Read-your-writes: learn where the primary's WAL stands after this commit; the
+            # connection is released once the answer is in.
+            unit.wrote = False
+            self._position_rows = []
+            self._to_server.append(POSITION_QUERY)
+            server.tracker.expect(Request.QUERY, visible=False, capture=self._position_rows)
+            return
         if self.pins:
             if unit is not None:
                 unit.retry_frames = None
@@ -590,6 +620,14 @@ class Engine:
             server.detach()
             unit.pool.release(server)
         self._drain_backlog()
+
+    def _learn_position(self, rows: list[bytes]) -> None:
+        for data in rows:
+            msg = codec.decode_backend(codec.parse_frame(data))
+            if isinstance(msg, codec.DataRow) and msg.values and msg.values[0] is not None:
+                position = int(msg.values[0].split(b".")[0])
+                if self.min_position is None or position > self.min_position:
+                    self.min_position = position
 
     def _apply_settings(self) -> None:
         for change in self._pending_settings:

@@ -55,6 +55,7 @@ class _Token:
     visible: bool
     synthetic: bytes | None = None
     tag: str | None = None  # PARSE: the server-side statement name, to forget it if it fails
+    capture: list[bytes] | None = None  # hidden QUERY: its DataRows are kept here
 
 
 class ResponseTracker:
@@ -79,9 +80,17 @@ class ResponseTracker:
         """Forget everything (the connection is being dropped)."""
         self._tokens.clear()
 
-    def expect(self, request: Request, *, visible: bool = True, tag: str | None = None) -> None:
-        """A request was sent; `visible=False` hides its responses from the client."""
-        self._tokens.append(_Token(request, visible, tag=tag))
+    def expect(
+        self,
+        request: Request,
+        *,
+        visible: bool = True,
+        tag: str | None = None,
+        capture: list[bytes] | None = None,
+    ) -> None:
+        """A request was sent; `visible=False` hides its responses from the client, and
+        `capture` collects the DataRow messages of a hidden query."""
+        self._tokens.append(_Token(request, visible, tag=tag, capture=capture))
 
     def synthesize(self, data: bytes, out: list[bytes]) -> None:
         """The proxy answers a request itself: `data` reaches the client in its turn."""
@@ -120,6 +129,8 @@ class ResponseTracker:
             return False
         if head.visible:
             out.append(frame.data)
+        elif kind == b"D" and head.capture is not None:
+            head.capture.append(frame.data)
         if kind == b"Z":
             self.ready_status = frame.data[5:6]
             tokens.popleft()

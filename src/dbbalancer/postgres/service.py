@@ -8,6 +8,7 @@ so two balancers can run in one process (the tests do).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import typing
@@ -34,6 +35,7 @@ from dbbalancer.postgres.classify import Classifier
 from dbbalancer.postgres.frontend import ClientSession, Refused
 from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.probe import PgProber
+from dbbalancer.postgres.volatility import VolatilityLoader
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,11 @@ class PostgresService:
         self._clusters: dict[str, PgCluster] = {}
         self._classifiers: dict[str, Classifier] = {}
         self._probers: list[PgProber] = []
+        self._volatility: dict[str, VolatilityLoader] = {}
         for cluster in config.clusters:
             if cluster.protocol is Protocol.POSTGRES:
                 self._clusters[cluster.name] = PgCluster(cluster, self._make_runtime(cluster))
-                self._classifiers[cluster.name] = Classifier()
+                self._classifiers.setdefault(cluster.name, Classifier())
         self._cancel: dict[tuple[int, int], ClientSession] = {}
         self._clients_total = 0
         self._clients_by_user: dict[str, int] = {}
@@ -141,6 +144,14 @@ class PostgresService:
                 connect_timeout=min(general.server_connect_timeout, cluster.health_check_timeout),
             )
             self._probers.append(prober)
+            self._volatility[cluster.name] = VolatilityLoader(
+                self._classifiers.setdefault(cluster.name, Classifier()),
+                runtime.primary,
+                user=prober_user.name,
+                password=prober_user.login_password,
+                database=cluster.server_database,
+                connect_timeout=general.server_connect_timeout,
+            )
             runtime.monitor = HealthMonitor(
                 cluster.name,
                 runtime.servers,
@@ -159,7 +170,7 @@ class PostgresService:
         return None
 
     def classifier(self, cluster: str) -> Classifier:
-        """The statement classifier of `cluster` (its cache and learnt volatility are per cluster)."""
+        """The statement classifier of `cluster` (cache and learnt volatility per cluster)."""
         return self._classifiers[cluster]
 
     # -- lookups for sessions -------------------------------------------------------------------
@@ -264,6 +275,18 @@ class PostgresService:
             self.spawn(_run_monitor(monitor), daemon=True)
         for monitor in monitors:
             await monitor.wait_first_round(first_round_limit)
+        for loader in self._volatility.values():
+            self.spawn(_run_loader(loader), daemon=True)
+        for loader in self._volatility.values():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(first_round_limit):
+                    await loader.loaded.wait()
+
+    def poke_volatility(self, cluster: str) -> None:
+        """DDL ran on `cluster`: reload function volatility soon."""
+        loader = self._volatility.get(cluster)
+        if loader is not None:
+            loader.poke()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         """Listen for clients."""
@@ -300,6 +323,15 @@ class PostgresService:
         """Close the health probes' connections."""
         for prober in self._probers:
             await prober.close()
+
+
+async def _run_loader(loader: VolatilityLoader) -> None:
+    try:
+        await loader.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("function volatility loader stopped")
 
 
 async def _run_monitor(monitor: HealthMonitor) -> None:

@@ -287,9 +287,11 @@ def test_query_wait_timeout_names_the_pool(pg_cluster: PgCluster) -> None:
             warm.execute("SELECT 1")  # the welcome for these settings is now cached
         with psycopg.connect(dsn(balancer)) as holder:
             holder.execute("SELECT 1")  # holds the only connection in an open transaction
-            with psycopg.connect(dsn(balancer), autocommit=True) as waiter:
-                with pytest.raises(psycopg.OperationalError, match="main/app@primary"):
-                    waiter.execute("SELECT 2")
+            with (
+                psycopg.connect(dsn(balancer), autocommit=True) as waiter,
+                pytest.raises(psycopg.OperationalError, match="main/app@primary"),
+            ):
+                waiter.execute("SELECT 2")
             holder.rollback()
     finally:
         balancer.stop()

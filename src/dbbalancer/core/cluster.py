@@ -7,6 +7,7 @@ janitor tick that expires idle connections and refills pools to min_pool_size.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,13 @@ C = TypeVar("C", bound=PooledConnection)
 
 class NoServerAvailable(Exception):
     """No server can take this session or statement; the message says why and what to do."""
+
+
+class ServerConnectError(Exception):
+    """Opening a server connection failed (a protocol package raises a subclass of this)."""
+
+
+RETRY_PAUSE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,71 @@ class Cluster(Generic[C]):
                 reason = RouteReason.OWN_WRITES
             return Choice(await self.wait_primary(), reason)
         return Choice(await self.wait_primary())
+
+    async def checkout(
+        self,
+        user: str,
+        target: Target,
+        *,
+        wait_limit: float,
+        min_position: int | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> tuple[Choice, Pool[C], C]:
+        """A server connection for a unit of work sent to `target`.
+
+        Replicas are tried in the balancing order; one that cannot be reached is reported to the
+        health monitor and the next is tried, then the primary (replica_fallback). For the
+        primary, a failed connect is reported too and retried while a new primary may appear,
+        up to primary_wait_timeout: that is failover buffering.
+        """
+        if target is Target.REPLICA:
+            replicas = self.order_replicas(self.eligible_replicas(min_position))
+            for server in replicas:
+                if server.name in exclude:
+                    continue
+                pool = self.pool(user, server)
+                try:
+                    return Choice(server), pool, await pool.acquire(wait_limit)
+                except ServerConnectError as exc:
+                    log.warning("cluster %s: replica %s: %s", self.name, server.name, exc)
+                    self.report_failure(server)
+            if not self.policy.fallback_to_primary:
+                raise NoServerAvailable(
+                    f"cluster {self.name}: no replica can take reads now "
+                    '(replica_fallback = "error"); check replica health and lag'
+                )
+            reason = RouteReason.NO_REPLICA
+            if min_position is not None and self.eligible_replicas():
+                reason = RouteReason.OWN_WRITES
+            choice, pool, conn = await self._checkout_primary(user, wait_limit)
+            return Choice(choice.server, reason), pool, conn
+        return await self._checkout_primary(user, wait_limit)
+
+    async def _checkout_primary(self, user: str, wait_limit: float) -> tuple[Choice, Pool[C], C]:
+        deadline = self._clock() + self.policy.primary_wait
+        while True:
+            server = await self.wait_primary()
+            pool = self.pool(user, server)
+            try:
+                return Choice(server), pool, await pool.acquire(wait_limit)
+            except ServerConnectError as exc:
+                self.report_failure(server)
+                if self.monitor is None or self._clock() >= deadline:
+                    raise
+                log.warning("cluster %s: primary %s: %s; waiting", self.name, server.name, exc)
+                await asyncio.sleep(RETRY_PAUSE)
+
+    def poke(self, server: Server) -> None:
+        """Live traffic saw a sign of trouble on `server`: probe it now, not at the next tick."""
+        if self.monitor is not None:
+            self.monitor.poke(server.name)
+
+    def report_failure(self, server: Server) -> None:
+        """A connection to `server` failed: probe it now and close its idle connections."""
+        self.poke(server)
+        for (_, name), pool in self._pools.items():
+            if name == server.name:
+                pool.drop_idle(DropReason.SERVER_DOWN)
 
     def active_connections(self, server: Server) -> int:
         """Server connections to `server` checked out now, over all users."""

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Protocol, cast
 
+from dbbalancer.core.cluster import ServerConnectError
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.auth import ScramClient, md5_response
@@ -37,7 +38,7 @@ class ServerError(Exception):
         self.message = message
 
 
-class ServerUnavailable(Exception):
+class ServerUnavailable(ServerConnectError):
     """The server could not be reached or logged in to; the message says which and why."""
 
 

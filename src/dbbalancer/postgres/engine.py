@@ -77,6 +77,9 @@ _UNPINS: dict[UnpinEvent, frozenset[PinReason]] = {
 # Server errors after which a connection's session is gone or the server is going away.
 _BACKLOG_PAUSE = 256
 _READ_ONLY_SQLSTATE = "25006"
+# Errors on live traffic after which the server is probed at once: read-only (a demoted primary),
+# admin shutdown, crash shutdown, cannot connect now.
+_PROBE_NOW = frozenset(("25006", "57P01", "57P02", "57P03"))
 
 
 def query_text(frame: Frame) -> str:
@@ -99,6 +102,7 @@ class _Unit:
     rows_sent: bool = False
     errors: int = 0
     wrote: bool = False  # ran something that is not a read (read-your-writes)
+    exclude: frozenset[str] = frozenset()  # servers that already failed this unit
 
 
 class Engine:
@@ -147,6 +151,7 @@ class Engine:
         self.read_your_writes = cluster.config.read_your_writes and split
         self.min_position: int | None = None  # the primary's position after our last write
         self._position_rows: list[bytes] | None = None
+        self._skip_to_sync = False
 
     # -- client side ----------------------------------------------------------------------------
 
@@ -155,6 +160,14 @@ class Engine:
         for frame in frames:
             if self.closed:
                 return
+            if self._skip_to_sync:
+                if frame.type == b"S":
+                    self._skip_to_sync = False
+                    self._to_client.append(READY_IDLE)
+                elif frame.type == b"X":
+                    self.session.terminate()
+                    return
+                continue
             if self.server is None or self.acquiring:
                 if frame.type == b"X":
                     self.session.terminate()
@@ -272,14 +285,16 @@ class Engine:
     async def _acquire(self, unit: _Unit) -> None:
         cluster = self.cluster
         try:
-            choice = await cluster.runtime.choose(
-                unit.decision.target, min_position=self.min_position
+            choice, pool, server = await cluster.runtime.checkout(
+                self.user.name,
+                unit.decision.target,
+                wait_limit=cluster.config.query_wait_timeout,
+                min_position=self.min_position,
+                exclude=unit.exclude,
             )
             if choice.fallback is not None:
                 unit.decision = Decision(Target.PRIMARY, choice.fallback)
                 unit.retry_frames = None
-            pool = cluster.runtime.pool(self.user.name, choice.server)
-            server = await pool.acquire(cluster.config.query_wait_timeout)
         except (PoolTimeout, NoServerAvailable, ServerUnavailable, PoolClosed, ServerError) as exc:
             self.acquiring = False
             if self.closed:
@@ -545,14 +560,18 @@ class Engine:
             if unit is not None:
                 if kind == b"E":
                     unit.errors += 1
-                    if unit.retry_frames is not None and not unit.rows_sent:
-                        msg = codec.decode_backend(frame)
-                        if (
-                            isinstance(msg, codec.ErrorResponse)
-                            and msg.sqlstate == _READ_ONLY_SQLSTATE
-                        ):
-                            self._retry_on_primary(server, unit)
-                            return
+                    msg = codec.decode_backend(frame)
+                    sqlstate = msg.sqlstate if isinstance(msg, codec.ErrorResponse) else ""
+                    if sqlstate in _PROBE_NOW:
+                        self.cluster.runtime.poke(server.server)
+                    if (
+                        sqlstate == _READ_ONLY_SQLSTATE
+                        and unit.retry_frames is not None
+                        and not unit.rows_sent
+                    ):
+                        self._retry_on_primary(server, unit)
+                        self._flush()
+                        return
                 elif kind in (b"T", b"D", b"G", b"H"):
                     unit.rows_sent = True
             if kind == b"S":
@@ -654,7 +673,6 @@ class Engine:
 
     def _retry_on_primary(self, server: ServerConnection, unit: _Unit) -> None:
         """A replica refused a read as read-only (25006): re-run it on the primary."""
-        frames = unit.retry_frames or []
         if unit.retry_sql is not None:
             self.classifier.remember_write(unit.retry_sql)
         log.info(
@@ -662,34 +680,84 @@ class Engine:
             self.session,
             server.server.name,
         )
-        # Drop the replica connection: its responses are mid-flight.
+        self._retry(server, unit, Decision(Target.PRIMARY, RouteReason.REMEMBERED_WRITE))
+
+    def _retry(self, server: ServerConnection, unit: _Unit, decision: Decision) -> None:
+        """Run the unit's frames again elsewhere; the failed connection is dropped."""
+        frames = unit.retry_frames or []
         self.server = None
         server.detach()
         if unit.pool is not None:
             unit.pool.release(server, reusable=False, reason=DropReason.BROKEN)
         self._pending_settings.clear()
         self.backlog = frames + self.backlog
-        self.unit = None
-        decision = Decision(Target.PRIMARY, RouteReason.REMEMBERED_WRITE)
-        retry = _Unit(decision)
+        retry = _Unit(decision, exclude=unit.exclude | {server.server.name})
         self.unit = retry
-        if self.home is not None:
+        if decision.target is Target.PRIMARY and self.home is not None:
             self._attach(self.home, None)
             return
         self.acquiring = True
         self.session.service.spawn(self._acquire(retry))
 
     def server_lost(self, server: ServerConnection) -> None:
-        """The attached server connection broke."""
-        if server is self.server or server is self.home:
+        """The attached server connection broke (the server died, or killed the backend)."""
+        self.cluster.runtime.report_failure(server.server)
+        if server is self.home:
+            self.home = None
             self.server = None
-            if server is self.home:
-                self.home = None
             self.session.fatal(
                 "08006",
                 f"server connection to {server.server.name} was lost",
                 hint="reconnect; the server may be restarting",
             )
+            return
+        if server is not self.server:
+            return
+        unit = self.unit
+        if (
+            unit is not None
+            and unit.retry_frames is not None
+            and not unit.rows_sent
+            and not unit.exclude
+        ):
+            # A read outside a transaction that sent nothing yet: run it once elsewhere.
+            log.info("%r: %s died under a read; retrying it", self.session, server.server.name)
+            self._retry(server, unit, Decision(Target.REPLICA, RouteReason.READ))
+            self._flush()
+            return
+        self._lost_mid_unit(server)
+
+    def _lost_mid_unit(self, server: ServerConnection) -> None:
+        """Tell the client its unit failed; the session itself goes on."""
+        unit = self.unit
+        awaiting_ready = server.tracker.awaiting_ready()
+        self.server = None
+        self.unit = None
+        server.tracker.clear()
+        if unit is not None and unit.pool is not None:
+            unit.pool.release(server, reusable=False, reason=DropReason.BROKEN)
+        self._pending_settings.clear()
+        self._rollback = False
+        self._tx_failed = False
+        self._position_rows = None
+        if self.pins:
+            log.warning("%r: session state lost with %s", self.session, server.server.name)
+            self.pins.clear()
+        error = codec.error_response(
+            "08006",
+            f"server connection to {server.server.name} was lost; "
+            "the transaction, if any, did not commit",
+            severity="ERROR",
+            hint="run the statement or transaction again",
+        )
+        if awaiting_ready:
+            self._to_client.append(error + READY_IDLE)
+        else:
+            # Mid-pipeline: like the server after an error, skip to the client's Sync.
+            self._to_client.append(error)
+            self._skip_to_sync = True
+        self._flush()
+        self._drain_backlog()
 
     def pause_server_output(self) -> None:
         """The server cannot take more: stop reading from the client."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from dbbalancer.config import AuthMethod, PoolMode, UserConfig
 from dbbalancer.core.cluster import NoServerAvailable
 from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
+from dbbalancer.core.routing import Target
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.auth import (
     AuthenticationFailed,
@@ -407,9 +408,10 @@ class ClientSession(FramedProtocol):
         self, cluster: PgCluster, user: UserConfig
     ) -> tuple[ServerConnection, Pool[ServerConnection]]:
         try:
-            server = await cluster.runtime.wait_primary()
-            pool = cluster.runtime.pool(user.name, server)
-            return await pool.acquire(cluster.config.query_wait_timeout), pool
+            _, pool, server = await cluster.runtime.checkout(
+                user.name, Target.PRIMARY, wait_limit=cluster.config.query_wait_timeout
+            )
+            return server, pool
         except PoolTimeout as exc:
             raise Refused("53300", str(exc)) from None
         except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:

@@ -76,6 +76,10 @@ class ResponseTracker:
         """Nothing is awaiting a response."""
         return not self._tokens
 
+    def awaiting_ready(self) -> bool:
+        """True if the client is owed a ReadyForQuery (it sent a Sync or a simple Query)."""
+        return any(t.visible and t.request in (Request.SYNC, Request.QUERY) for t in self._tokens)
+
     def clear(self) -> None:
         """Forget everything (the connection is being dropped)."""
         self._tokens.clear()

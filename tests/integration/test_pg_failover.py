@@ -208,7 +208,8 @@ def test_split_brain_writes_go_to_the_higher_timeline(
         with psycopg.connect(dsn(balancer), autocommit=True) as conn:
             for _ in range(5):
                 row = conn.execute(
-                    "CREATE TEMP SEQUENCE IF NOT EXISTS sb; SELECT inet_server_port(), nextval('sb')"
+                    "CREATE TEMP SEQUENCE IF NOT EXISTS sb; "
+                    "SELECT inet_server_port(), nextval('sb')"
                 )
                 result = None
                 while True:

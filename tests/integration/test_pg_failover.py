@@ -12,33 +12,21 @@ from psycopg.conninfo import make_conninfo
 
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
+from dbbalancer.testing.configs import cluster_config
 from dbbalancer.testing.pgcluster import PgCluster
 
 ClusterFactory = Callable[..., PgCluster]
 
 
 def start(cluster: PgCluster, *, extra: str = "") -> BalancerThread:
-    servers = "".join(
-        f'[[clusters.servers]]\nname = "{n.name}"\naddress = "{n.address()}"\nrole = "auto"\n'
-        for n in cluster.nodes
+    text = cluster_config(
+        cluster,
+        mode="transaction",
+        pool_size=30,
+        split=True,
+        roles="auto",
+        extra='max_replica_lag = []\nprimary_wait_timeout = "10s"\n' + extra,
     )
-    text = f"""
-[listen]
-postgres = "127.0.0.1:0"
-[[users]]
-name = "{cluster.user}"
-password = "{cluster.password}"
-[[clusters]]
-name = "main"
-database = "{cluster.database}"
-pool_mode = "transaction"
-pool_size = 30
-read_write_split = true
-max_replica_lag = []
-primary_wait_timeout = "10s"
-{extra}
-{servers}
-"""
     balancer = BalancerThread(parse_config(text)).start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (

@@ -18,32 +18,14 @@ from psycopg.conninfo import make_conninfo
 
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
+from dbbalancer.testing.configs import cluster_config
 from dbbalancer.testing.pgcluster import PgCluster
 
 
 def config_text(cluster: PgCluster, *, mode: str, pool_size: int, extra: str = "") -> str:
-    servers = "".join(
-        f'[[clusters.servers]]\nname = "{node.name}"\naddress = "{node.address()}"\n'
-        f'role = "{"primary" if node == cluster.primary else "replica"}"\n'
-        for node in cluster.nodes
+    return cluster_config(
+        cluster, mode=mode, pool_size=pool_size, extra='query_wait_timeout = "60s"\n' + extra
     )
-    return f"""
-[listen]
-postgres = "127.0.0.1:0"
-
-[[users]]
-name = "{cluster.user}"
-password = "{cluster.password}"
-
-[[clusters]]
-name = "main"
-database = "{cluster.database}"
-pool_mode = "{mode}"
-pool_size = {pool_size}
-query_wait_timeout = "60s"
-{extra}
-{servers}
-"""
 
 
 def start(cluster: PgCluster, **kwargs: object) -> BalancerThread:

@@ -20,27 +20,13 @@ from psycopg.conninfo import make_conninfo
 
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
+from dbbalancer.testing.configs import cluster_config
 from dbbalancer.testing.pgcluster import PgCluster
 
 EXTRA_ROLES = (("md5user", "md5pass"), ("trustuser", "trustpass"))
 
 
-def balancer_config(cluster: PgCluster, *, pool_size: int = 4, extra: str = "") -> str:
-    """A config with the cluster's primary and replicas, listening on a free port."""
-    servers = "".join(
-        f'[[clusters.servers]]\nname = "{node.name}"\naddress = "{node.address()}"\n'
-        f'role = "{"primary" if node == cluster.primary else "replica"}"\n'
-        for node in cluster.nodes
-    )
-    return f"""
-[listen]
-postgres = "127.0.0.1:0"
-
-[[users]]
-name = "{cluster.user}"
-password = "{cluster.password}"
-auth = "scram-sha-256"
-
+EXTRA_USERS = """
 [[users]]
 name = "md5user"
 password = "md5pass"
@@ -50,14 +36,12 @@ auth = "md5"
 name = "trustuser"
 password = "trustpass"
 auth = "trust"
-
-[[clusters]]
-name = "main"
-database = "{cluster.database}"
-pool_size = {pool_size}
-{extra}
-{servers}
 """
+
+
+def balancer_config(cluster: PgCluster, *, pool_size: int = 4) -> str:
+    """Session pooling in front of the cluster, with md5 and trust users too."""
+    return cluster_config(cluster, pool_size=pool_size, users=EXTRA_USERS)
 
 
 @pytest.fixture(scope="module")

@@ -12,41 +12,23 @@ from psycopg.conninfo import make_conninfo
 
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
+from dbbalancer.testing.configs import cluster_config
 from dbbalancer.testing.pgcluster import PgCluster
 
 
 def config_text(
     cluster: PgCluster, *, mode: str = "transaction", extra: str = "", weights: str = ""
 ) -> str:
-    weight_of = (
-        dict(zip([n.name for n in cluster.replicas], weights.split(","), strict=False))
-        if weights
-        else {}
+    names = [n.name for n in cluster.replicas]
+    weight_of = dict(zip(names, map(int, weights.split(",")), strict=False)) if weights else {}
+    return cluster_config(
+        cluster,
+        mode=mode,
+        pool_size=8,
+        split=True,
+        weights=weight_of,
+        extra='health_check_interval = "200ms"\n' + extra,
     )
-    servers = "".join(
-        f'[[clusters.servers]]\nname = "{node.name}"\naddress = "{node.address()}"\n'
-        f'role = "{"primary" if node == cluster.primary else "replica"}"\n'
-        + (f"weight = {weight_of[node.name]}\n" if node.name in weight_of else "")
-        for node in cluster.nodes
-    )
-    return f"""
-[listen]
-postgres = "127.0.0.1:0"
-
-[[users]]
-name = "{cluster.user}"
-password = "{cluster.password}"
-
-[[clusters]]
-name = "main"
-database = "{cluster.database}"
-pool_mode = "{mode}"
-pool_size = 8
-read_write_split = true
-health_check_interval = "200ms"
-{extra}
-{servers}
-"""
 
 
 def start(cluster: PgCluster, **kwargs: str) -> BalancerThread:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbbalancer.config import load_config
 from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.pgcluster import PgCluster
+
+if TYPE_CHECKING:
+    import psycopg
 
 CONFIG_TEMPLATE = """\
 # Written by `dbbalancer demo`. Run it yourself with: dbbalancer run -c {path}
@@ -30,8 +35,10 @@ auth = "scram-sha-256"
 name = "{database}"
 protocol = "postgres"
 database = "{database}"
-pool_mode = "session"
+pool_mode = "transaction"
 pool_size = 20
+read_write_split = true
+read_your_writes = true
 
 {servers}
 """
@@ -43,15 +50,22 @@ address = "{address}"
 role = "{role}"
 """
 
-WORKLOAD: list[tuple[str, str]] = [
+WRITES: list[tuple[str, str]] = [
     ("create table", "CREATE TABLE IF NOT EXISTS demo_items (id serial PRIMARY KEY, name text)"),
     ("insert", "INSERT INTO demo_items (name) VALUES ('apple'), ('pear')"),
+    ("select right after", "SELECT count(*) FROM demo_items"),
+]
+READS: list[tuple[str, str]] = [
     ("select", "SELECT count(*) FROM demo_items"),
+    ("select again", "SELECT name FROM demo_items ORDER BY id LIMIT 1"),
     ("select for update", "SELECT id FROM demo_items WHERE id = 1 FOR UPDATE"),
     ("update", "UPDATE demo_items SET name = upper(name) WHERE id = 1"),
-    ("select nextval", "SELECT nextval('demo_items_id_seq')"),
-    ("select (read-only)", "SELECT name FROM demo_items ORDER BY id LIMIT 1"),
+    ("select nextval()", "SELECT nextval('demo_items_id_seq')"),
+    ("select lower()", "SELECT lower(name) FROM demo_items LIMIT 1"),
 ]
+# Read-your-writes keeps "select right after" on the primary until a replica has replayed the
+# insert; after this pause the replicas have, and reads spread over them.
+CATCH_UP = 1.5
 
 
 def write_config(cluster: PgCluster, port: int, path: Path) -> Path:
@@ -77,23 +91,31 @@ def write_config(cluster: PgCluster, port: int, path: Path) -> Path:
     return path
 
 
+def served_by(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> int:
+    """Run `sql` and `SELECT inet_server_port()` as one string (so they share a server)."""
+    with conn.cursor() as cur:
+        cur.execute(f"{sql}; SELECT inet_server_port()")
+        rows: list[tuple[object, ...]] = []
+        while True:
+            if cur.description is not None:
+                rows = cur.fetchall()
+            if not cur.nextset():
+                break
+    return int(str(rows[0][0])) if rows else -1
+
+
 def run_workload(dsn: str, port_names: dict[int, str]) -> list[tuple[str, str]]:
-    """Run WORKLOAD through the balancer; return (statement kind, server name) pairs."""
-    import psycopg
+    """Run the demo statements through the balancer; return (statement, server name) pairs."""
+    import psycopg  # a dev dependency: `make demo` installs it
 
     served: list[tuple[str, str]] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for kind, sql in WORKLOAD:
-            with conn.cursor() as cur:
-                # The statement and the port probe run as one string so they share a server.
-                cur.execute(f"{sql}; SELECT inet_server_port()")
-                rows: list[tuple[object, ...]] = []
-                while True:
-                    if cur.description is not None:
-                        rows = cur.fetchall()
-                    if not cur.nextset():
-                        break
-            port = int(str(rows[0][0])) if rows else -1
+        for kind, sql in WRITES:
+            port = served_by(conn, sql)
+            served.append((kind, port_names.get(port, f"port {port}")))
+        time.sleep(CATCH_UP)
+        for kind, sql in READS:
+            port = served_by(conn, sql)
             served.append((kind, port_names.get(port, f"port {port}")))
     return served
 

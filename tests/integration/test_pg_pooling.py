@@ -304,3 +304,26 @@ def test_client_killed_mid_transaction_rolls_back(
     conn.close()
     assert rows == []
     assert pg_cluster.sql(pg_cluster.primary, "SELECT count(*) FROM killed_t") == [("0",)]
+
+
+def test_idle_transaction_timeout_closes_the_client(pg_cluster: PgCluster) -> None:
+    balancer = start(
+        pg_cluster, mode="transaction", pool_size=2, extra='idle_transaction_timeout = "500ms"'
+    )
+    try:
+        conn = psycopg.connect(dsn(balancer))
+        conn.execute("SELECT 1")  # a transaction is now open, and the client goes quiet
+        time.sleep(2.5)  # the janitor ticks every second
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 2")
+        conn.close()
+        with psycopg.connect(dsn(balancer), autocommit=True) as fresh:
+            assert fresh.execute("SELECT 3").fetchone() == (3,)
+            open_tx = pg_cluster.sql(
+                pg_cluster.primary,
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                "AND state LIKE 'idle in transaction%'",
+            )
+            assert open_tx == [("0",)]
+    finally:
+        balancer.stop()

@@ -368,6 +368,10 @@ def test_repeated_text_is_served_from_the_cache() -> None:
         ("SELECT 'abc'", "SELECT 'a\\'; DELETE FROM t; --'"),
         ("SELECT f1(1)", "SELECT f2(1)"),
         ('SELECT "f1"(1)', 'SELECT "f2"(1)'),
+        ('SELECT "f 1"(1)', 'SELECT "f 2"(1)'),
+        ('SELECT "f.1"(1), 2', 'SELECT "f.2"(1), 3'),
+        ('SELECT a FROM "t 1', 'SELECT a FROM "t 2'),
+        ("SELECT a1(2)", "SELECT a2(2)"),
         # Same text after a nested comment would collide if the comment were lexed flat.
         ("/* /* */ '*/ SELECT 1; --'", "/* /* */ '*/ DELETE FROM t; --'"),
         ("/* /* */ '*/ DELETE FROM t; --'", "/* /* */ '*/ SELECT 1; --'"),
@@ -392,6 +396,16 @@ def test_fingerprint_drops_literals_and_comments_only() -> None:
     assert _fingerprint('SELECT "1"') != _fingerprint('SELECT "2"')
     assert _fingerprint("SELECT a$1") != _fingerprint("SELECT a$2")
     assert _fingerprint("SELECT $1") != _fingerprint("SELECT $2")
+    assert _fingerprint('SELECT "a 1"') != _fingerprint('SELECT "a 2"')
+    # Both shapes of key are used: numbers and quoted identifiers only, or everything.
+    light, full = _fingerprint("SELECT 1"), _fingerprint("SELECT '1'")
+    assert isinstance(light, tuple)
+    assert light[0] is None
+    assert isinstance(full, tuple)
+    assert full[0] == "SELECT "
+    assert _fingerprint("SELECT 1") == _fingerprint("SELECT 2.5e3")
+    assert _fingerprint('SELECT "x" + 1') == _fingerprint('SELECT "x" + 22')
+    assert _fingerprint("SELECT a FROM t") == "SELECT a FROM t"
 
 
 def test_lru_eviction_and_disabled_cache() -> None:

@@ -161,6 +161,39 @@ class Cluster(Generic[C]):
             return Choice(await self.wait_primary(), reason)
         return Choice(await self.wait_primary())
 
+    def try_checkout(
+        self,
+        user: str,
+        target: Target,
+        *,
+        min_position: int | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> tuple[Choice, Pool[C], C] | list[Server]:
+        """The fast path of `checkout`: an idle connection of the first choice, without waiting.
+
+        Returns the checked-out connection, or the replicas in balancing order for `checkout`
+        to use (so the balancer advances once per unit of work either way).
+        """
+        if target is Target.REPLICA:
+            replicas = [
+                s
+                for s in self.order_replicas(self.eligible_replicas(min_position))
+                if s.name not in exclude
+            ]
+            if replicas:
+                pool = self.pool(user, replicas[0])
+                conn = pool.try_acquire()
+                if conn is not None:
+                    return Choice(replicas[0]), pool, conn
+            return replicas
+        primary = self.primary()
+        if primary is not None:
+            pool = self.pool(user, primary)
+            conn = pool.try_acquire()
+            if conn is not None:
+                return Choice(primary), pool, conn
+        return []
+
     async def checkout(
         self,
         user: str,
@@ -169,6 +202,7 @@ class Cluster(Generic[C]):
         wait_limit: float,
         min_position: int | None = None,
         exclude: frozenset[str] = frozenset(),
+        order: list[Server] | None = None,
     ) -> tuple[Choice, Pool[C], C]:
         """A server connection for a unit of work sent to `target`.
 
@@ -178,7 +212,9 @@ class Cluster(Generic[C]):
         up to primary_wait_timeout: that is failover buffering.
         """
         if target is Target.REPLICA:
-            replicas = self.order_replicas(self.eligible_replicas(min_position))
+            replicas = order
+            if replicas is None:
+                replicas = self.order_replicas(self.eligible_replicas(min_position))
             for server in replicas:
                 if server.name in exclude:
                     continue

@@ -178,6 +178,12 @@ class Pool(Generic[C]):
             # Woken (or the reserve became available): a waiter that was woken but finds nothing
             # loops again; the head-of-line order is kept because new arrivals see _waiters.
 
+    def try_acquire(self) -> C | None:
+        """An idle connection at once, or None (then use `acquire`). Never jumps the queue."""
+        if self._closed or self._waiters:
+            return None
+        return self._take_idle()
+
     def _timeout_message(self, wait_limit: float) -> str:
         return (
             f"no server connection from pool {self.key} within {wait_limit:g}s "

@@ -23,7 +23,10 @@ Design (measured, see ``bench/classify_bench.py``):
   needed).  Every statement type is handled from the tree.  A string the parser rejects is
   routed to the primary (``Reason.PARSE_ERROR``).
 * **Cache**: an LRU keyed by a fingerprint computed with a single ``re.split`` whose pattern
-  starts with a character class, so the regex engine skips plain text in C.  The fingerprint
+  starts with a character class, so the regex engine skips plain text in C (text without
+  quotes, dollar signs or comments uses a smaller pattern for numbers and quoted identifiers
+  only; the exact text is looked up first, so literal-free texts such as ``Parse`` statements
+  with ``$n`` parameters cost one dict lookup).  The fingerprint
   drops the contents of string/number literals and of comments (so ``pgbench -M simple`` and
   ORM trace comments hit the cache) but keeps everything else verbatim: quoted identifiers,
   comments that mention ``dbbalancer`` (routing hints), standard strings containing a backslash
@@ -32,6 +35,24 @@ Design (measured, see ``bench/classify_bench.py``):
   When a classification *reads* a literal value (``SET x = 5``, ``set_config('a', 'b', false)``,
   ``EXPLAIN (ANALYZE 0)``, a two-phase GID...) the fingerprint is marked literal-sensitive and
   such strings are cached by their exact text instead.
+
+Costs (``python -m bench.classify_bench``; Python 3.11, 2-CPU x86_64, load average < 1; best of
+7 rounds, microseconds per statement):
+
+=============================  =====  ===========  ==================  ====================
+statement                      cold   cached text  cached new literal  pglast json / AST
+=============================  =====  ===========  ==================  ====================
+pgbench SELECT (fast path)       8.4         1.0          1.0            2.8 / 47
+pgbench UPDATE accounts         10.9         1.4          1.4            3.4 / 56
+pgbench INSERT history          15.8         2.2          2.2            4.1 / 65
+BEGIN                            4.6         0.1          0.1            0.8 /  9
+ORM SELECT, 6 quoted idents     19.3         3.9          3.9            4.5 / 69
+analytic SELECT (authority)     79           1.3          1.3            5.7 / 96
+=============================  =====  ===========  ==================  ====================
+
+The parser itself is cheap (``parse_sql_json`` 1-6 us); the authority's cost is ``json.loads``
+plus walking the tree in Python, hence the token fast path for the hot statements.  Cached
+lookups cost the fingerprint, about 0.1-0.3 us per literal or quoted identifier.
 
 Decisions worth knowing:
 
@@ -97,10 +118,12 @@ _TRANSACTION: Final = StatementKind.TRANSACTION
 _IDC = "A-Za-z0-9_$\\x80-\\U0010FFFF"
 _IDS = "A-Za-z_\\x80-\\U0010FFFF"
 _DOLQ = "A-Za-z0-9_\\x80-\\U0010FFFF"
-_BLOCK_BODY = r"(?:[^*/]|\*(?!/)|/(?!\*))"  # comment text without a nested "/*"
-_E_BODY = r"(?:[^'\\]|''|\\[\s\S])*"
-_STD_BODY = r"(?:[^']|'')*"
-_Q_BODY = r'(?:[^"]|"")*'
+_BLOCK_BODY = r"(?:[^*/]|\*(?!/)|/(?!\*))"  # one character of comment text, never a nested "/*"
+_BLOCK_TEXT = r"[^*/]*(?:(?:\*(?!/)|/(?!\*))[^*/]*)*"  # _BLOCK_BODY*, unrolled
+# String bodies as unrolled loops ("normal* (special normal*)*"): same language, fewer steps.
+_E_BODY = r"[^'\\]*(?:(?:''|\\[\s\S])[^'\\]*)*"
+_STD_BODY = r"[^']*(?:''[^']*)*"
+_Q_BODY = r'[^"]*(?:""[^"]*)*'
 _NUM_TAIL = (
     r"(?:(?<=0)(?:[xX][0-9A-Fa-f_]+|[oO][0-7_]+|[bB][01_]+)"
     r"|[0-9_]*(?:\.[0-9_]*)?(?:[eE][+-]?[0-9]+)?)"
@@ -108,25 +131,49 @@ _NUM_TAIL = (
 _DOT_NUM_TAIL = r"[0-9][0-9_]*(?:[eE][+-]?[0-9]+)?"
 _NOT_E = rf"(?:(?<![eE]')|(?<=[{_IDC}][eE]'))"  # the quote does not open an E'' string
 
-_TOKEN_RE: Final = re.compile(
-    r"(?P<ws>[ \t\n\r\f\v]+)"
-    rf"|(?P<es>(?<![{_IDC}])[eE]'{_E_BODY}')"
-    rf"|(?P<w>[{_IDS}][{_IDC}]*)"
-    rf"|(?P<nu>(?<![{_IDC}])[0-9]{_NUM_TAIL}|\.{_DOT_NUM_TAIL})"
-    r"|(?P<pu>::|[(),;.\[\]:])"
-    rf'|(?P<q>"{_Q_BODY}")'
-    rf"|(?P<ss>'{_STD_BODY}')"
-    r"|(?P<lc>--[^\n\r]*)"
-    rf"|(?P<bc>/\*{_BLOCK_BODY}*\*/)"
-    rf"|(?P<ds>(?<![{_IDC}])\$(?P<tag>(?:[{_IDS}][{_DOLQ}]*)?)\$[\s\S]*?\$(?P=tag)\$)"
-    r"|(?P<pa>\$[0-9]+)"
-    r"|(?P<op>(?:[+*<>=~!@#%^&|`?]|-(?!-)|/(?!\*))+)"
-    r"|(?P<x>[\s\S])"
+# One alternative per token type.  The last one catches a single character no token starts with
+# (an unterminated quote or comment, a stray "$" or backslash) and the tokenizer reports it as a
+# lexing error; punctuation it returns is recognized by its first character like any token.
+_TOKEN_ALTERNATIVES = (
+    rf"[eE](?<![{_IDC}][eE])'{_E_BODY}'",
+    rf"[{_IDS}][{_IDC}]*",
+    r"::|[(),;\[\]:]",
+    rf"[0-9](?<![{_IDC}][0-9]){_NUM_TAIL}|\.{_DOT_NUM_TAIL}",
+    r"(?:[+*<>=~!@#%^&|`?]|-(?!-)|/(?!\*))+",
+    "'" + _STD_BODY + "'",
+    rf'"{_Q_BODY}"',
+    r"--[^\n\r]*",
+    rf"/\*{_BLOCK_TEXT}\*/",
+    rf"\$(?<![{_IDC}]\$)(?P<tag>(?:[{_IDS}][{_DOLQ}]*)?)\$[\s\S]*?\$(?P=tag)\$",
+    r"\$[0-9]+",
+    r"/\*|[^ \t\n\r\f\v]",
 )
+# Leading whitespace is part of each match, so the engine never tries every alternative at
+# every blank; "\Z" lets trailing blanks end in one (empty) match instead of one failed, O(n)
+# attempt per blank.
+_TOKEN_RE: Final = re.compile("[ \t\n\r\f\v]*+(" + "|".join(_TOKEN_ALTERNATIVES) + r"|\Z)")
 # Same tokens as a standard_conforming_strings=off server sees them.
 _TOKEN_SCS_OFF_RE: Final = re.compile(
-    _TOKEN_RE.pattern.replace(f"(?P<ss>'{_STD_BODY}')", f"(?P<ss>'{_E_BODY}')")
+    "[ \t\n\r\f\v]*+("
+    + "|".join(
+        "'" + _E_BODY + "'" if a == "'" + _STD_BODY + "'" else a for a in _TOKEN_ALTERNATIVES
+    )
+    + r"|\Z)"
 )
+_PUNCT: Final = frozenset("(),;[]")
+# Token kind by first character (anything else, i.e. non-ASCII, starts an identifier).
+_FIRST_CHAR: Final = {
+    **{c: "w" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"},
+    **{c: "nu" for c in "0123456789"},
+    **{c: c for c in "(),;[]."},
+    **{c: "op" for c in "+*<>=~!@#%^&|`?"},
+    ":": ":",
+    "'": "ss",
+    '"': "q",
+    "$": "$",
+    "-": "-",
+    "/": "/",
+}
 
 # The fingerprint pattern starts with a character class: re's search loop then skips plain text
 # in C.  Groups: qid/bs/tag/lh/bh keep text, lit/cm mark a dropped literal/comment, and
@@ -141,12 +188,19 @@ _KEY_RE: Final = re.compile(
     rf"|(?<=[0-9])(?<![{_IDC}][0-9]){_NUM_TAIL}"
     rf"|(?<=\.){_DOT_NUM_TAIL})(?P<lit>)"
     r"|(?<=-)-(?P<lh>[^\n\r]*(?i:dbbalancer)[^\n\r]*)"
-    rf"|(?<=/)\*(?P<bh>{_BLOCK_BODY}*?(?i:dbbalancer){_BLOCK_BODY}*)\*/"
-    rf"|(?:(?<=-)-[^\n\r]*|(?<=/)\*{_BLOCK_BODY}*\*/)(?P<cm>)"
+    rf"|(?<=/)\*(?P<bh>{_BLOCK_BODY}*?(?i:dbbalancer){_BLOCK_TEXT})\*/"
+    rf"|(?:(?<=-)-[^\n\r]*|(?<=/)\*{_BLOCK_TEXT}\*/)(?P<cm>)"
     r"|(?<=/)\*(?P<bopen>[\s\S]*)"
     r"""|(?<=['"])(?P<open>[\s\S]*)"""
     rf"|(?<=\$)(?<![{_IDC}]\$)(?:[{_IDS}][{_DOLQ}]*)?\$(?P<dopen>[\s\S]*)"
     r")"
+)
+
+# Cheaper fingerprint for text without strings, dollar quotes or comments (pgbench -M simple,
+# ORMs that quote every identifier): only numbers and quoted identifiers to lex.
+_LIGHT_KEY_RE: Final = re.compile(
+    rf'["0-9.](?:(?<=")(?P<qid>{_Q_BODY}"?)'
+    rf"|(?<=[0-9])(?<![{_IDC}][0-9]){_NUM_TAIL}|(?<=\.){_DOT_NUM_TAIL})"
 )
 
 _HINT_RE: Final = re.compile(r"dbbalancer\s*:\s*(primary|replica)\b", re.IGNORECASE)
@@ -401,35 +455,50 @@ def _tokenize(sql: str) -> tuple[list[Token], list[str], bool, bool]:
     append = toks.append
     lead: list[str] = []
     backslash = False
-    for m in _TOKEN_RE.finditer(sql):
-        g = m.lastgroup
-        if g == "ws":
-            continue
-        if g == "w":
-            append(("w", m.group().lower()))
-        elif g == "pu":
-            s = m.group()
-            append((s, s))
-        elif g == "lc" or g == "bc":
-            if not toks:
-                lead.append(m.group())
-        elif g == "q":
-            append(("q", m.group()[1:-1].replace('""', '"')))
-        elif g == "x":
-            return toks, lead, True, backslash
+    first = _FIRST_CHAR
+    for t, _tag in _TOKEN_RE.findall(sql):
+        if not t:
+            continue  # end of text
+        c = t[0]
+        k = first.get(c, "w" if c >= "\x80" else "x")
+        if k == "w":
+            if len(t) > 1 and t[1] == "'":
+                append(("es", t))
+            else:
+                append(("w", t.lower()))
+        elif k == "op" or k == "nu" or k in _PUNCT:
+            append((k, t))
+        elif k == "ss":
+            if len(t) < 2:
+                return toks, lead, True, backslash
+            backslash = backslash or "\\" in t
+            append((k, t))
+        elif k == "q":
+            if len(t) < 2:
+                return toks, lead, True, backslash
+            append(("q", t[1:-1].replace('""', '"')))
+        elif k == "-" or k == "/":
+            if t == "/*":
+                return toks, lead, True, backslash
+            if t[:2] == "--" or t[:2] == "/*":
+                if not toks:
+                    lead.append(t)
+            else:
+                append(("op", t))
+        elif k == ".":
+            append(("nu", t) if len(t) > 1 else (".", t))
+        elif k == ":":
+            append((t, t))
+        elif k == "$" and len(t) > 1:
+            append(("pa" if "0" <= t[1] <= "9" else "ds", t))
         else:
-            s = m.group()
-            if g == "ss" and "\\" in s:
-                backslash = True
-            append((g or "x", s))
+            return toks, lead, True, backslash
     return toks, lead, False, backslash
 
 
 def _scs_ambiguous(sql: str) -> bool:
     """True if the text lexes differently with standard_conforming_strings off."""
-    on = [(m.lastgroup, m.group()) for m in _TOKEN_RE.finditer(sql) if m.lastgroup != "ws"]
-    off = [(m.lastgroup, m.group()) for m in _TOKEN_SCS_OFF_RE.finditer(sql) if m.lastgroup != "ws"]
-    return on != off
+    return _TOKEN_RE.findall(sql) != _TOKEN_SCS_OFF_RE.findall(sql)
 
 
 def _hint_of(comments: list[str]) -> RouteHint | None:
@@ -442,8 +511,17 @@ def _hint_of(comments: list[str]) -> RouteHint | None:
     return hint
 
 
-def _fingerprint(sql: str) -> tuple[str | None, ...]:
-    return tuple(_KEY_RE.split(sql))
+def _fingerprint(sql: str) -> object:
+    """Cache key: ``sql`` itself when there is nothing to normalize, else a normalized form.
+
+    Two shapes that never equal each other or raw text: a tuple starting with None (text with
+    only numbers and quoted identifiers to normalize) and a tuple starting with text.
+    """
+    if "'" in sql or "$" in sql or "--" in sql or "/*" in sql:
+        parts = _KEY_RE.split(sql)
+        return sql if len(parts) == 1 else tuple(parts)
+    parts = _LIGHT_KEY_RE.split(sql)
+    return sql if len(parts) == 1 else (None, *parts)
 
 
 def _quote_ident(name: str) -> str:
@@ -640,7 +718,7 @@ class Classifier:
         self._cache: OrderedDict[object, Classification] = OrderedDict()
         self._cache_size = max(0, cache_size)
         self._lookup = volatility
-        self._learned: OrderedDict[tuple[str | None, ...], None] = OrderedDict()
+        self._learned: OrderedDict[object, None] = OrderedDict()
         self._max_cached_length = max_cached_length
 
     # ---- public API ------------------------------------------------------------------------
@@ -651,18 +729,20 @@ class Classifier:
         if hit is not None:
             cache.move_to_end(sql)
             return hit
-        if len(sql) > self._max_cached_length or not self._cache_size:
-            return self._classify_uncached(sql, _fingerprint(sql))[0]
+        if "\x00" in sql:
+            return _PARSE_ERROR  # a PostgreSQL query string cannot hold NUL
         key = _fingerprint(sql)
-        hit = cache.get(key)
-        if hit is not None:
-            cache.move_to_end(key)
-            if hit is not _SENSITIVE:
-                return hit
+        if len(sql) > self._max_cached_length or not self._cache_size:
+            return self._classify_uncached(sql, key)[0]
+        if key is not sql:
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+                if hit is not _SENSITIVE:
+                    return hit
         result, sensitive = self._classify_uncached(sql, key)
-        if len(key) == 1:
-            # Nothing was normalized: the text is its own fingerprint.
-            cache[sql] = result
+        if key is sql:
+            cache[sql] = result  # nothing was normalized: the text is its own fingerprint
         elif sensitive:
             cache[key] = _SENSITIVE
             cache[sql] = result
@@ -697,9 +777,7 @@ class Classifier:
         return len(self._cache), len(self._learned)
 
     # ---- pipeline ------------------------------------------------------------------------------
-    def _classify_uncached(
-        self, sql: str, key: tuple[str | None, ...]
-    ) -> tuple[Classification, bool]:
+    def _classify_uncached(self, sql: str, key: object) -> tuple[Classification, bool]:
         ctx = _Ctx()
         try:
             result = self._classify_text(sql, ctx)
@@ -1372,7 +1450,12 @@ def _call_name(st: list[Token], i: int, parens: dict[int, int], *, strict: bool)
     if close is not None and close + 2 < len(st) and st[close + 1] == ("w", "as"):
         after = st[close + 2]
         if after[0] == "(" or after in (("w", "materialized"), ("w", "not")):
-            return None  # WITH name(cols) AS (...)
+            if j > 0 and st[j - 1] in (("w", "with"), ("w", "recursive")):
+                return None  # WITH [RECURSIVE] name(cols) AS (...)
+            if strict:
+                # ", name(cols) AS (" in a WITH list, or "FROM f(x) AS (a int, ...)": a call
+                # with a column definition list.  Only the grammar knows which.
+                raise _Ambiguous
     if len(parts) == 1 and st[i][0] == "w":
         word = parts[0]
         if word in _SYNTAX_WORDS:

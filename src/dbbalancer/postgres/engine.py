@@ -16,6 +16,7 @@ state is gone, or is refused when the cluster says session_state = "error".
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from dbbalancer.core.statement import (
     TxAction,
     UnpinEvent,
 )
+from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.backend import ServerConnection, ServerError, ServerUnavailable
 from dbbalancer.postgres.codec import Frame, ProtocolError
@@ -152,11 +154,15 @@ class Engine:
         self.min_position: int | None = None  # the primary's position after our last write
         self._position_rows: list[bytes] | None = None
         self._skip_to_sync = False
+        # max_prepared_statements = 0: named statements pass through untouched (as PgBouncer).
+        self.track_prepared = cluster.config.max_prepared_statements > 0
+        self.last_activity = time.monotonic()
 
     # -- client side ----------------------------------------------------------------------------
 
     def client_frames(self, frames: list[Frame]) -> None:
         """Handle frames from the client, in order."""
+        self.last_activity = time.monotonic()
         for frame in frames:
             if self.closed:
                 return
@@ -198,6 +204,8 @@ class Engine:
         """
         kind = frame.type
         if kind == b"P":
+            if not self.track_prepared:
+                return False
             name, query, rest = parse_fields(frame)
             if not name:
                 return False
@@ -279,10 +287,24 @@ class Engine:
         if decision.target is Target.PRIMARY and self.home is not None:
             self._attach(self.home, None)
             return
-        self.acquiring = True
-        self.session.service.spawn(self._acquire(unit))
+        self._checkout(unit)
 
-    async def _acquire(self, unit: _Unit) -> None:
+    def _checkout(self, unit: _Unit) -> None:
+        """Attach an idle connection at once if there is one; else wait for one in a task."""
+        fast = self.cluster.runtime.try_checkout(
+            self.user.name,
+            unit.decision.target,
+            min_position=self.min_position,
+            exclude=unit.exclude,
+        )
+        if isinstance(fast, tuple):
+            _, pool, server = fast
+            self._attach(server, pool)
+            return
+        self.acquiring = True
+        self.session.service.spawn(self._acquire(unit, fast))
+
+    async def _acquire(self, unit: _Unit, order: list[Server]) -> None:
         cluster = self.cluster
         try:
             choice, pool, server = await cluster.runtime.checkout(
@@ -291,6 +313,7 @@ class Engine:
                 wait_limit=cluster.config.query_wait_timeout,
                 min_position=self.min_position,
                 exclude=unit.exclude,
+                order=order if unit.decision.target is Target.REPLICA else None,
             )
             if choice.fallback is not None:
                 unit.decision = Decision(Target.PRIMARY, choice.fallback)
@@ -371,9 +394,10 @@ class Engine:
             c = self.classifier.classify(query)
             if not self._track(c, frame):
                 return
-            if not name:
-                self.unnamed = frame.data
-                server.unnamed = frame.data
+            if not name or not self.track_prepared:
+                if not name:
+                    self.unnamed = frame.data
+                    server.unnamed = frame.data
                 tracker.expect(Request.PARSE)
                 out.append(frame.data)
                 return
@@ -552,6 +576,7 @@ class Engine:
         """Frames from the attached server: pass them on, and end the unit at its last Ready."""
         if server is not self.server:
             return
+        self.last_activity = time.monotonic()
         tracker = server.tracker
         out = self._to_client
         unit = self.unit
@@ -696,8 +721,7 @@ class Engine:
         if decision.target is Target.PRIMARY and self.home is not None:
             self._attach(self.home, None)
             return
-        self.acquiring = True
-        self.session.service.spawn(self._acquire(retry))
+        self._checkout(retry)
 
     def server_lost(self, server: ServerConnection) -> None:
         """The attached server connection broke (the server died, or killed the backend)."""
@@ -778,6 +802,16 @@ class Engine:
         if self._to_client:
             self.session.write_many(self._to_client)
             self._to_client.clear()
+
+    def idle_in_transaction(self, now: float, limit: float) -> bool:
+        """True if a transaction has been open and silent for longer than `limit` seconds."""
+        server = self.server
+        return (
+            server is not None
+            and server.tx_status in (b"T", b"E")
+            and server.tracker.idle
+            and now - self.last_activity > limit
+        )
 
     def is_idle(self) -> bool:
         """Between units of work."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 import typing
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -297,7 +298,21 @@ class PostgresService:
         return self.server
 
     async def maintain(self) -> None:
-        """One janitor tick over every cluster."""
+        """One janitor tick: pools of every cluster, and idle_transaction_timeout."""
+        now = time.monotonic()
+        for session in list(self.sessions):
+            engine = session.engine
+            cluster = session.cluster
+            if engine is None or cluster is None:
+                continue
+            limit = cluster.config.idle_transaction_timeout
+            if limit and engine.idle_in_transaction(now, limit):
+                log.info("%r: idle in transaction for over %gs; closing it", session, limit)
+                session.fatal(
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout "
+                    f"(idle_transaction_timeout = {limit:g}s)",
+                )
         for cluster in self._clusters.values():
             await cluster.runtime.maintain()
 

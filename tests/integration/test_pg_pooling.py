@@ -314,7 +314,7 @@ def test_idle_transaction_timeout_closes_the_client(pg_cluster: PgCluster) -> No
         conn = psycopg.connect(dsn(balancer))
         conn.execute("SELECT 1")  # a transaction is now open, and the client goes quiet
         time.sleep(2.5)  # the janitor ticks every second
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
             conn.execute("SELECT 2")
         conn.close()
         with psycopg.connect(dsn(balancer), autocommit=True) as fresh:

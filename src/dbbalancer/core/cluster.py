@@ -34,6 +34,7 @@ class ServerConnectError(Exception):
 
 
 RETRY_PAUSE = 0.05
+_STATIC_POLICIES = frozenset((Policy.ROUND_ROBIN, Policy.RANDOM, Policy.WEIGHTED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,9 @@ class Cluster(Generic[C]):
         self.monitor: HealthMonitor | None = None
         self.balancer = Balancer(self.policy.balance)
         self.latency = LatencyTracker()
+        self._eligible: list[Server] = []
+        self._eligible_key: tuple[int, int | None] | None = None
+        self._static_candidates: dict[tuple[str, ...], list[Candidate]] = {}
         self._connect = connect
         self._limits = limits
         self._clock = clock
@@ -103,9 +107,21 @@ class Cluster(Generic[C]):
 
     def eligible_replicas(self, min_position: int | None = None) -> list[Server]:
         """Replicas that may take reads now: healthy, within the lag limit, and (for
-        read-your-writes) replayed at least to `min_position`."""
+        read-your-writes) replayed at least to `min_position`.
+
+        Cached between probe results: this runs for every unit of work routed to a replica.
+        """
         if self.monitor is None:
             return [s for s in self.servers if s.role is ServerRole.REPLICA]
+        key = (self.monitor.version, min_position)
+        if self._eligible_key == key:
+            return self._eligible
+        self._eligible = self._eligible_now(min_position)
+        self._eligible_key = key
+        return self._eligible
+
+    def _eligible_now(self, min_position: int | None) -> list[Server]:
+        assert self.monitor is not None
         out = []
         policy = self.policy
         for server in self.monitor.usable_replicas():
@@ -130,6 +146,14 @@ class Cluster(Generic[C]):
         if not replicas:
             return replicas
         by_name = {s.name: s for s in replicas}
+        if self.policy.balance in _STATIC_POLICIES:
+            # These policies look only at names and weights: build the candidates once.
+            names = tuple(by_name)
+            static = self._static_candidates.get(names)
+            if static is None:
+                static = [Candidate(key=s.name, weight=s.weight) for s in replicas]
+                self._static_candidates[names] = static
+            return [by_name[c.key] for c in self.balancer.order(static)]
         candidates = []
         for server in replicas:
             status = self.monitor.server_status(server.name) if self.monitor else None
@@ -264,9 +288,7 @@ class Cluster(Generic[C]):
 
     def active_connections(self, server: Server) -> int:
         """Server connections to `server` checked out now, over all users."""
-        return sum(
-            pool.stats().active for (_, name), pool in self._pools.items() if name == server.name
-        )
+        return sum(pool.active for (_, name), pool in self._pools.items() if name == server.name)
 
     def pool(self, user: str, server: Server) -> Pool[C]:
         """The pool for (user, server), created on first use."""

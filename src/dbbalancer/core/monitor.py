@@ -182,6 +182,8 @@ class HealthMonitor:
         self._first_round_done = asyncio.Event()
         self._probed: set[str] = set()
         self._running = False
+        # Bumped on every probe result, ban and unban: callers cache what they derive.
+        self.version = 0
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -278,6 +280,7 @@ class HealthMonitor:
         if transition is not None:
             self._report(entry, transition)
         self._reelect()
+        self.version += 1
         if name not in self._probed:
             self._probed.add(name)
             if len(self._probed) == len(self._entries):
@@ -291,6 +294,7 @@ class HealthMonitor:
         if transition is not None:
             self._report(entry, transition)
         self._reelect()
+        self.version += 1
 
     def unban(self, name: str) -> None:
         """Lift an admin ban: `name` is usable again after its next good probe."""
@@ -300,6 +304,7 @@ class HealthMonitor:
             self._report(entry, transition)
         self._reelect()
         entry.wake.set()
+        self.version += 1
 
     def _report(self, entry: _Entry, transition: Transition) -> None:
         entry.last_transition = transition

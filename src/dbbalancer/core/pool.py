@@ -120,6 +120,11 @@ class Pool(Generic[C]):
         """Connections that exist or are being opened."""
         return len(self._idle) + len(self._active) + self._connecting
 
+    @property
+    def active(self) -> int:
+        """Connections checked out now."""
+        return len(self._active)
+
     def stats(self) -> PoolStats:
         """Counts for admin output and metrics."""
         return PoolStats(

@@ -191,11 +191,12 @@ class ServerConnection(FramedProtocol):
         if mode is _Mode.FORWARD and not self.scanner.at_boundary:
             # Detached in the middle of a message: the stream can no longer be trusted.
             self.mark_broken()
-        if mode is _Mode.MANAGED and (self.reader.buffered or not self.tracker.idle):
+        if mode is _Mode.MANAGED and not self.tracker.idle:
             self.mark_broken()
         if self.reader.buffered:
+            # Detached in the middle of a message: the stream can no longer be trusted.
             self.mark_broken()
-        self.reader = codec.MessageReader(self.reader.max_length)
+            self.reader = codec.MessageReader(self.reader.max_length)
 
     def pause_reading(self) -> None:
         """Stop reading from the server (the client is slow)."""

@@ -154,6 +154,8 @@ class Engine:
         self.min_position: int | None = None  # the primary's position after our last write
         self._position_rows: list[bytes] | None = None
         self._skip_to_sync = False
+        # The first frame of the unit being started and its classification (classified once).
+        self._first: tuple[Frame | None, Classification | None] = (None, None)
         # max_prepared_statements = 0: named statements pass through untouched (as PgBouncer).
         self.track_prepared = cluster.config.max_prepared_statements > 0
         self.last_activity = time.monotonic()
@@ -260,6 +262,7 @@ class Engine:
         """Route the unit that begins with backlog[0] and get it a server connection."""
         first = self.backlog[0]
         c = self._classify_first(first)
+        self._first = (first, c)
         if c is not None and self.mode is PoolMode.STATEMENT and _begins_transaction(c):
             self.backlog.pop(0)
             self._refuse(
@@ -383,7 +386,9 @@ class Engine:
         if unit is not None and unit.retry_frames is not None:
             unit.retry_frames.append(frame)
         if kind == b"Q":
-            c = self.classifier.classify(query_text(frame))
+            c = self._first[1] if self._first[0] is frame else None
+            if c is None:
+                c = self.classifier.classify(query_text(frame))
             if not self._track(c, frame):
                 return
             server.unnamed = None  # a simple query destroys the unnamed statement

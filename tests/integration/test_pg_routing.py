@@ -285,3 +285,23 @@ def test_lagging_replica_is_skipped_and_read_your_writes(pg_cluster_factory: obj
                 assert row == (1,), f"iteration {i}: own write not visible"
     finally:
         balancer.stop()
+
+
+def test_pipeline_with_a_write_after_a_read_runs_on_the_primary(
+    split: BalancerThread, pg_cluster: PgCluster
+) -> None:
+    with psycopg.connect(dsn(split), autocommit=True) as conn:
+        for _ in range(5):
+            with conn.pipeline():
+                read = conn.execute("SELECT inet_server_port(), %s::int", (1,))
+                conn.execute("INSERT INTO rw (v) VALUES (%s)", (7,))
+                write_port = conn.execute(
+                    "SELECT inet_server_port() FROM rw FOR UPDATE LIMIT %s", (1,)
+                )
+            assert read.fetchone() is not None
+            row = write_port.fetchone()
+            assert row is not None
+            assert int(str(row[0])) == pg_cluster.primary.port
+        # executemany pipelines Parse/Bind/Execute for every row before one Sync.
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO rw (v) VALUES (%s)", [(8,), (9,), (10,)])

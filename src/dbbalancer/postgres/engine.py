@@ -79,6 +79,8 @@ _UNPINS: dict[UnpinEvent, frozenset[PinReason]] = {
 # Server errors after which a connection's session is gone or the server is going away.
 _BACKLOG_PAUSE = 256
 _READ_ONLY_SQLSTATE = "25006"
+# Extended-protocol messages that do not end a batch: Parse, Bind, Describe, Execute, Close.
+_PIPELINED = frozenset((b"P", b"B", b"D", b"E", b"C"))
 # Errors on live traffic after which the server is probed at once: read-only (a demoted primary),
 # admin shutdown, crash shutdown, cannot connect now.
 _PROBE_NOW = frozenset(("25006", "57P01", "57P02", "57P03"))
@@ -183,10 +185,13 @@ class Engine:
                 if not self.acquiring and not self.backlog and self._answer_locally(frame):
                     continue
                 self.backlog.append(frame)
-                if not self.acquiring:
+                if self.acquiring:
+                    if len(self.backlog) > _BACKLOG_PAUSE:
+                        self.session.pause_reading()
+                elif frame.type not in _PIPELINED:
+                    # An extended-protocol batch is routed once its Sync (or Flush) is in, so a
+                    # write anywhere in it sends the whole batch to the primary.
                     self._start_unit()
-                elif len(self.backlog) > _BACKLOG_PAUSE:
-                    self.session.pause_reading()
             else:
                 if frame.type == b"X":
                     self._flush()
@@ -235,6 +240,20 @@ class Engine:
                 return True
         return False
 
+    def _classify_unit(self) -> Classification | None:
+        """The classification that routes the backlog's unit: its first statement's, unless a
+        later statement of the same batch is not a read (None: unknown, go to the primary)."""
+        first: Classification | None = None
+        for i, frame in enumerate(self.backlog):
+            c = self._classify_first(frame)
+            if i == 0:
+                first = c
+            if frame.type not in _PIPELINED:
+                break
+            if frame.type in (b"P", b"B") and (c is None or not c.read_only):
+                return c
+        return first
+
     def _classify_first(self, frame: Frame) -> Classification | None:
         kind = frame.type
         if kind == b"Q":
@@ -261,7 +280,7 @@ class Engine:
     def _start_unit(self) -> None:
         """Route the unit that begins with backlog[0] and get it a server connection."""
         first = self.backlog[0]
-        c = self._classify_first(first)
+        c = self._classify_unit()
         self._first = (first, c)
         if c is not None and self.mode is PoolMode.STATEMENT and _begins_transaction(c):
             self.backlog.pop(0)
@@ -572,6 +591,8 @@ class Engine:
             if self._answer_locally(frame):
                 self.backlog.pop(0)
                 continue
+            if all(f.type in _PIPELINED for f in self.backlog):
+                break  # the batch's Sync has not arrived: route it once it has
             self._start_unit()
         self._flush()
 

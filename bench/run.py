@@ -58,7 +58,6 @@ from bench.targets import (
     find_program,
     start_target,
 )
-
 from dbbalancer import __version__
 from dbbalancer.testing.pgcluster import PgCluster, PgClusterError, find_pg_bindir
 

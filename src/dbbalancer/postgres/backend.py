@@ -96,6 +96,7 @@ class ServerConnection(FramedProtocol):
         self._mode = _Mode.CONVERSATION
         self._sink: ServerSink | FrameSink | None = None
         self._broken = False
+        self._reading_paused = False
         self.created_at = time.monotonic()
         # Transaction pooling: what this connection holds for whichever client comes next.
         self.tracker = ResponseTracker()
@@ -185,6 +186,8 @@ class ServerConnection(FramedProtocol):
 
     def detach(self) -> None:
         """Stop forwarding; later output is queued for `next_frame()`."""
+        # Reading may have been paused for a slow client: the next holder starts afresh.
+        self.resume_reading()
         mode = self._mode
         self._sink = None
         self._mode = _Mode.CONVERSATION
@@ -200,13 +203,17 @@ class ServerConnection(FramedProtocol):
 
     def pause_reading(self) -> None:
         """Stop reading from the server (the client is slow)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        if not self._reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+            self._reading_paused = True
 
     def resume_reading(self) -> None:
         """Read from the server again."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self._reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+            self._reading_paused = False
 
     # -- conversation ---------------------------------------------------------------------------
 

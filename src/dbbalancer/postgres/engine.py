@@ -689,6 +689,8 @@ class Engine:
             self.server = None
             server.detach()
             unit.pool.release(server)
+        # Reading from the client may have been paused while that server's socket was full.
+        self.session.resume_reading()
         self._drain_backlog()
 
     def _learn_position(self, rows: list[bytes]) -> None:

@@ -166,9 +166,7 @@ class PostgresService:
 
     def _probe_user(self) -> UserConfig | None:
         """The user whose credentials the health probes log in with (the first one listed)."""
-        for user in self.config.users:
-            return user
-        return None
+        return self.config.users[0] if self.config.users else None
 
     def classifier(self, cluster: str) -> Classifier:
         """The statement classifier of `cluster` (cache and learnt volatility per cluster)."""

@@ -82,7 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from dbbalancer.app import App
+    from dbbalancer.config import Protocol
 
+    mysql = [c.name for c in loaded.clusters if c.protocol is Protocol.MYSQL]
+    if mysql:
+        print(
+            f"{args.config}: clusters {', '.join(mysql)} use protocol = \"mysql\", which this "
+            'version does not serve yet; use protocol = "postgres" or remove them',
+            file=sys.stderr,
+        )
+        return 1
     _setup_logging(args.log_level or loaded.general.log_level.value)
     app = App(loaded, config_path=args.config)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

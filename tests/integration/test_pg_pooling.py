@@ -327,3 +327,21 @@ def test_idle_transaction_timeout_closes_the_client(pg_cluster: PgCluster) -> No
             assert open_tx == [("0",)]
     finally:
         balancer.stop()
+
+
+def test_min_pool_size_is_opened_in_the_background(pg_cluster: PgCluster) -> None:
+    balancer = start(pg_cluster, mode="transaction", pool_size=5, extra="min_pool_size = 3")
+    try:
+
+        def idle_connections() -> int:
+            assert balancer.app.pg is not None
+            cluster = balancer.app.pg.cluster("main")
+            assert cluster is not None
+            return sum(p.stats().idle for p in cluster.runtime.pools() if "primary" in p.key)
+
+        deadline = time.monotonic() + 10
+        while balancer.call(idle_connections) < 3:
+            assert time.monotonic() < deadline, "min_pool_size connections were not opened"
+            time.sleep(0.1)
+    finally:
+        balancer.stop()

@@ -89,7 +89,13 @@ class PostgresService:
         self._volatility: dict[str, VolatilityLoader] = {}
         for cluster in config.clusters:
             if cluster.protocol is Protocol.POSTGRES:
-                self._clusters[cluster.name] = PgCluster(cluster, self._make_runtime(cluster))
+                runtime = self._make_runtime(cluster)
+                self._clusters[cluster.name] = PgCluster(cluster, runtime)
+                if cluster.min_pool_size:
+                    # The janitor opens min_pool_size connections in every pool from the start.
+                    for user in config.users:
+                        for server in runtime.servers:
+                            runtime.pool(user.name, server)
                 self._classifiers.setdefault(cluster.name, Classifier())
         self._cancel: dict[tuple[int, int], ClientSession] = {}
         self._clients_total = 0

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     mysql = [c.name for c in loaded.clusters if c.protocol is Protocol.MYSQL]
     if mysql:
         print(
-            f"{args.config}: clusters {', '.join(mysql)} use protocol = \"mysql\", which this "
+            f'{args.config}: clusters {", ".join(mysql)} use protocol = "mysql", which this '
             'version does not serve yet; use protocol = "postgres" or remove them',
             file=sys.stderr,
         )

@@ -58,13 +58,14 @@ WRITES: list[tuple[str, str]] = [
 READS: list[tuple[str, str]] = [
     ("select", "SELECT count(*) FROM demo_items"),
     ("select again", "SELECT name FROM demo_items ORDER BY id LIMIT 1"),
-    ("select for update", "SELECT id FROM demo_items WHERE id = 1 FOR UPDATE"),
-    ("update", "UPDATE demo_items SET name = upper(name) WHERE id = 1"),
-    ("select nextval()", "SELECT nextval('demo_items_id_seq')"),
     ("select lower()", "SELECT lower(name) FROM demo_items LIMIT 1"),
+    ("select for update", "SELECT id FROM demo_items WHERE id = 1 FOR UPDATE"),
+    ("select nextval()", "SELECT nextval('demo_items_id_seq')"),
+    ("update", "UPDATE demo_items SET name = upper(name) WHERE id = 1"),
+    ("select after update", "SELECT name FROM demo_items WHERE id = 1"),
 ]
-# Read-your-writes keeps "select right after" on the primary until a replica has replayed the
-# insert; after this pause the replicas have, and reads spread over them.
+# Read-your-writes keeps a read that follows this session's write on the primary until a replica
+# has replayed the write; after this pause the replicas have, and reads spread over them.
 CATCH_UP = 1.5
 
 
@@ -147,6 +148,11 @@ def run_demo(*, port: int = 6432, once: bool = False) -> int:
             print(f"{'statement':<22} served by")
             for kind, name in served:
                 print(f"{kind:<22} {name}")
+            print(
+                "\nWrites, locking reads and sequence calls go to the primary; plain reads are "
+                "spread over the replicas,\nexcept right after this session's own write "
+                "(read_your_writes), until a replica has replayed it."
+            )
             if not once:
                 print("\nThe balancer keeps running; press Ctrl-C to stop everything.", flush=True)
                 stop = threading.Event()

@@ -8,7 +8,8 @@ want_pkgs=()
 have_pg_server() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; }
 have_pg_server || want_pkgs+=(postgresql-15 postgresql-client-15)
 command -v psql >/dev/null || want_pkgs+=(postgresql-client-15)
-command -v pgbench >/dev/null || want_pkgs+=(postgresql-contrib)
+# pgbench ships with the server package (postgresql-15), psql with the client package.
+command -v pgbench >/dev/null || want_pkgs+=(postgresql-15)
 for extra in "$@"; do
   case "$extra" in
     mariadb) command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || want_pkgs+=(mariadb-server mariadb-client) ;;
@@ -18,7 +19,7 @@ for extra in "$@"; do
       command -v sysbench >/dev/null || want_pkgs+=(sysbench) ;;
   esac
 done
-command -v python3 >/dev/null || want_pkgs+=(python3 python3-venv)
+python3 -c "import venv, ensurepip" 2>/dev/null || want_pkgs+=(python3 python3-venv)
 
 if [ ${#want_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -96,7 +96,6 @@ class ServerConnection(FramedProtocol):
         self._mode = _Mode.CONVERSATION
         self._sink: ServerSink | FrameSink | None = None
         self._broken = False
-        self._reading_paused = False
         self.created_at = time.monotonic()
         # Transaction pooling: what this connection holds for whichever client comes next.
         self.tracker = ResponseTracker()
@@ -200,20 +199,6 @@ class ServerConnection(FramedProtocol):
             # Detached in the middle of a message: the stream can no longer be trusted.
             self.mark_broken()
             self.reader = codec.MessageReader(self.reader.max_length)
-
-    def pause_reading(self) -> None:
-        """Stop reading from the server (the client is slow)."""
-        if not self._reading_paused and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.pause_reading()
-            self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        """Read from the server again."""
-        if self._reading_paused and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
-            self._reading_paused = False
 
     # -- conversation ---------------------------------------------------------------------------
 

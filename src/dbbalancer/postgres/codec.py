@@ -753,36 +753,35 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
-class Sync:
+class _EmptyMessage:
+    """Shared shape of the messages that are a type byte and nothing else (length 4)."""
+
+    TYPE: ClassVar[bytes] = b""
+
+    def encode(self) -> bytes:
+        """Wire form."""
+        return self.TYPE + b"\x00\x00\x00\x04"
+
+
+@dataclass(frozen=True, slots=True)
+class Sync(_EmptyMessage):
     """Sync ('S' from a client): ends an extended-query batch."""
 
     TYPE: ClassVar[bytes] = FrontendType.SYNC
 
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"S\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class Flush:
+class Flush(_EmptyMessage):
     """Flush ('H' from a client): asks the server to send pending output."""
 
     TYPE: ClassVar[bytes] = FrontendType.FLUSH
 
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"H\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class Terminate:
+class Terminate(_EmptyMessage):
     """Terminate ('X'): the client is closing the connection."""
 
     TYPE: ClassVar[bytes] = FrontendType.TERMINATE
-
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"X\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -798,14 +797,10 @@ class CopyData:
 
 
 @dataclass(frozen=True, slots=True)
-class CopyDone:
+class CopyDone(_EmptyMessage):
     """CopyDone ('c'), sent in both directions at the end of COPY data."""
 
     TYPE: ClassVar[bytes] = b"c"
-
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"c\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1249,14 +1244,10 @@ class CommandComplete:
 
 
 @dataclass(frozen=True, slots=True)
-class EmptyQueryResponse:
+class EmptyQueryResponse(_EmptyMessage):
     """EmptyQueryResponse ('I'): the query string was empty."""
 
     TYPE: ClassVar[bytes] = BackendType.EMPTY_QUERY_RESPONSE
-
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"I\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1318,47 +1309,31 @@ class NotificationResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class ParseComplete:
+class ParseComplete(_EmptyMessage):
     """ParseComplete ('1')."""
 
     TYPE: ClassVar[bytes] = BackendType.PARSE_COMPLETE
 
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"1\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class BindComplete:
+class BindComplete(_EmptyMessage):
     """BindComplete ('2')."""
 
     TYPE: ClassVar[bytes] = BackendType.BIND_COMPLETE
 
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"2\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class CloseComplete:
+class CloseComplete(_EmptyMessage):
     """CloseComplete ('3')."""
 
     TYPE: ClassVar[bytes] = BackendType.CLOSE_COMPLETE
 
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"3\x00\x00\x00\x04"
-
 
 @dataclass(frozen=True, slots=True)
-class NoData:
+class NoData(_EmptyMessage):
     """NoData ('n'): the described statement or portal returns no rows."""
 
     TYPE: ClassVar[bytes] = BackendType.NO_DATA
-
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"n\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1374,14 +1349,10 @@ class ParameterDescription:
 
 
 @dataclass(frozen=True, slots=True)
-class PortalSuspended:
+class PortalSuspended(_EmptyMessage):
     """PortalSuspended ('s'): Execute's row limit was reached."""
 
     TYPE: ClassVar[bytes] = BackendType.PORTAL_SUSPENDED
-
-    def encode(self) -> bytes:
-        """Wire form."""
-        return b"s\x00\x00\x00\x04"
 
 
 @dataclass(frozen=True, slots=True)

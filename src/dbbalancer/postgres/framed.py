@@ -30,6 +30,7 @@ class FramedProtocol(asyncio.Protocol):
         self._failure: BaseException | None = None
         self.closed = False
         self._closed_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -84,6 +85,20 @@ class FramedProtocol(asyncio.Protocol):
         """Wait until the connection is lost."""
         if self._closed_waiter is not None:
             await asyncio.shield(self._closed_waiter)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (flow control: the other side is behind)."""
+        if not self._reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+            self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Read from the peer again."""
+        if self._reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+            self._reading_paused = False
 
     def write(self, data: bytes) -> None:
         """Write unless the transport is closing."""

@@ -68,7 +68,6 @@ class ClientSession(FramedProtocol):
         self._pending = 0  # ReadyForQuery messages the server still owes this client
         self._unsynced = False  # extended-protocol messages sent since the last Sync
         self._counted = False
-        self._reading_paused = False
         self.engine: Engine | None = None
 
     def __repr__(self) -> str:
@@ -118,20 +117,6 @@ class ClientSession(FramedProtocol):
         server = self.engine.attached() if self.engine is not None else self.server
         if server is not None:
             server.resume_reading()
-
-    def pause_reading(self) -> None:
-        """Stop reading from the client (its server, or the wait for one, is behind)."""
-        if not self._reading_paused and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.pause_reading()
-            self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        """Read from the client again."""
-        if self._reading_paused and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
-            self._reading_paused = False
 
     def write_many(self, chunks: list[bytes]) -> None:
         """Send several messages to the client in one go."""

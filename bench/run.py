@@ -348,8 +348,9 @@ class Bench:
             return PgbenchResult(command, error=f"{type(exc).__name__}: {exc}")
         if not target.alive():
             result.error = result.error or f"target exited: {target.failure()}"
+        # The report shows commands without this machine's paths.
         generic = (
-            shlex.join(command)
+            shlex.join(["pgbench", *command[1:]])
             .replace(str(log_dir), "LOGDIR")
             .replace(f"-p {target.port}", "-p PORT")
         )
@@ -478,7 +479,7 @@ class Bench:
             self.notes.append(f"chart not written: {type(exc).__name__}: {exc}")
             chart_name = None
         meta = ReportMeta(
-            command=shlex.join(["python", "-m", "bench.run", *self.argv]),
+            command=shlex.join(["python", "-m", "bench.run", *_public_argv(self.argv)]),
             scope=self._scope(),
             machine=self._machine(),
             versions=versions,
@@ -520,6 +521,23 @@ def _version(command: list[str]) -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({exc})"
     return _first_line(done.stdout or done.stderr)
+
+
+def _public_argv(argv: Sequence[str]) -> list[str]:
+    """The command line as the report shows it: without output paths of this machine."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--json", "--out"):
+            skip = True
+            continue
+        if arg.startswith(("--json=", "--out=")):
+            continue
+        out.append(arg)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias, TypeVar
 
 __all__ = [
     "CANCEL_REQUEST_CODE",
@@ -955,28 +955,8 @@ def _d_close(frame: Frame) -> Close:
     return Close(kind, name)
 
 
-def _d_sync(frame: Frame) -> Sync:
-    _expect_empty(frame, "Sync")
-    return Sync()
-
-
-def _d_flush(frame: Frame) -> Flush:
-    _expect_empty(frame, "Flush")
-    return Flush()
-
-
-def _d_terminate(frame: Frame) -> Terminate:
-    _expect_empty(frame, "Terminate")
-    return Terminate()
-
-
 def _d_copy_data(frame: Frame) -> CopyData:
     return CopyData(frame.data[5:])
-
-
-def _d_copy_done(frame: Frame) -> CopyDone:
-    _expect_empty(frame, "CopyDone")
-    return CopyDone()
 
 
 def _d_copy_fail(frame: Frame) -> CopyFail:
@@ -1022,6 +1002,39 @@ def decode_sasl_response(frame: Frame) -> SASLResponse:
     """Decode a 'p' frame as SASLResponse (the reply to AuthenticationSASLContinue)."""
     _check_p(frame, "SASLResponse")
     return SASLResponse(frame.data[5:])
+
+
+_E = TypeVar("_E", bound="_EmptyMessage")
+_R = TypeVar("_R", bound="_CopyResponse")
+
+
+def _empty_decoder(cls: type[_E]) -> Callable[[Frame], _E]:
+    """The decoder of a message that has no body."""
+
+    def decode(frame: Frame) -> _E:
+        _expect_empty(frame, cls.__name__)
+        return cls()
+
+    return decode
+
+
+def _copy_response_decoder(cls: type[_R]) -> Callable[[Frame], _R]:
+    """The decoder of CopyInResponse, CopyOutResponse or CopyBothResponse."""
+
+    def decode(frame: Frame) -> _R:
+        cur = _Cursor(frame, cls.__name__)
+        fmt = cur.int8()
+        formats = cur.int16s()
+        cur.done()
+        return cls(fmt, formats)
+
+    return decode
+
+
+_d_sync = _empty_decoder(Sync)
+_d_flush = _empty_decoder(Flush)
+_d_terminate = _empty_decoder(Terminate)
+_d_copy_done = _empty_decoder(CopyDone)
 
 
 _FRONTEND_DECODERS: Final[dict[bytes, Callable[[Frame], FrontendMessage]]] = {
@@ -1544,11 +1557,6 @@ def _d_command_complete(frame: Frame) -> CommandComplete:
     return CommandComplete(tag)
 
 
-def _d_empty_query_response(frame: Frame) -> EmptyQueryResponse:
-    _expect_empty(frame, "EmptyQueryResponse")
-    return EmptyQueryResponse()
-
-
 def _d_error_response(frame: Frame) -> ErrorResponse:
     return ErrorResponse(_decode_fields(_Cursor(frame, "ErrorResponse")))
 
@@ -1566,60 +1574,11 @@ def _d_notification_response(frame: Frame) -> NotificationResponse:
     return NotificationResponse(process_id, channel, payload)
 
 
-def _d_parse_complete(frame: Frame) -> ParseComplete:
-    _expect_empty(frame, "ParseComplete")
-    return ParseComplete()
-
-
-def _d_bind_complete(frame: Frame) -> BindComplete:
-    _expect_empty(frame, "BindComplete")
-    return BindComplete()
-
-
-def _d_close_complete(frame: Frame) -> CloseComplete:
-    _expect_empty(frame, "CloseComplete")
-    return CloseComplete()
-
-
-def _d_no_data(frame: Frame) -> NoData:
-    _expect_empty(frame, "NoData")
-    return NoData()
-
-
 def _d_parameter_description(frame: Frame) -> ParameterDescription:
     cur = _Cursor(frame, "ParameterDescription")
     oids = cur.uint32s()
     cur.done()
     return ParameterDescription(oids)
-
-
-def _d_portal_suspended(frame: Frame) -> PortalSuspended:
-    _expect_empty(frame, "PortalSuspended")
-    return PortalSuspended()
-
-
-def _d_copy_in_response(frame: Frame) -> CopyInResponse:
-    cur = _Cursor(frame, "CopyInResponse")
-    fmt = cur.int8()
-    formats = cur.int16s()
-    cur.done()
-    return CopyInResponse(fmt, formats)
-
-
-def _d_copy_out_response(frame: Frame) -> CopyOutResponse:
-    cur = _Cursor(frame, "CopyOutResponse")
-    fmt = cur.int8()
-    formats = cur.int16s()
-    cur.done()
-    return CopyOutResponse(fmt, formats)
-
-
-def _d_copy_both_response(frame: Frame) -> CopyBothResponse:
-    cur = _Cursor(frame, "CopyBothResponse")
-    fmt = cur.int8()
-    formats = cur.int16s()
-    cur.done()
-    return CopyBothResponse(fmt, formats)
 
 
 def _d_negotiate_protocol_version(frame: Frame) -> NegotiateProtocolVersion:
@@ -1640,6 +1599,16 @@ def _d_function_call_response(frame: Frame) -> FunctionCallResponse:
     cur.done()
     return FunctionCallResponse(value)
 
+
+_d_empty_query_response = _empty_decoder(EmptyQueryResponse)
+_d_parse_complete = _empty_decoder(ParseComplete)
+_d_bind_complete = _empty_decoder(BindComplete)
+_d_close_complete = _empty_decoder(CloseComplete)
+_d_no_data = _empty_decoder(NoData)
+_d_portal_suspended = _empty_decoder(PortalSuspended)
+_d_copy_in_response = _copy_response_decoder(CopyInResponse)
+_d_copy_out_response = _copy_response_decoder(CopyOutResponse)
+_d_copy_both_response = _copy_response_decoder(CopyBothResponse)
 
 _BACKEND_DECODERS: Final[dict[bytes, Callable[[Frame], BackendMessage]]] = {
     b"R": _d_authentication,

@@ -352,3 +352,19 @@ def test_notices_and_notifications_are_relayed(balancer: BalancerThread) -> None
 
 def test_psql_binary_exists() -> None:
     assert shutil.which("psql"), "psql must be installed (make setup installs it)"
+
+
+def test_slow_login_is_cut_off_while_others_carry_on(pg_cluster: PgCluster, roles: None) -> None:
+    text = balancer_config(pg_cluster).replace(
+        "[listen]", '[general]\nclient_login_timeout = "500ms"\n\n[listen]', 1
+    )
+    with BalancerThread(parse_config(text)) as quick:
+        silent = _raw_client(quick)
+        silent.sendall(b"\x00\x00")  # half a length word, then nothing
+        started = time.monotonic()
+        with psycopg.connect(dsn(quick), autocommit=True) as good:
+            assert good.execute("SELECT 1").fetchone() == (1,)
+        reply = _read_until_closed(silent)
+        silent.close()
+        assert time.monotonic() - started < 10
+        assert b"in time" in reply

@@ -35,6 +35,7 @@ from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.engine import Engine
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
 from dbbalancer.postgres.params import parse_options, sync_statement
+from dbbalancer.postgres.stream import FrontendScanner
 
 if TYPE_CHECKING:
     from dbbalancer.postgres.service import PgCluster, PostgresService
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 # start-up packet is 10,000 bytes; a SASL message is a few hundred).
 PRE_AUTH_MAX_LENGTH = 64 * 1024
 
-_EXPECTS_READY = frozenset((b"Q", b"S", b"F"))
-_EXTENDED = frozenset((b"P", b"B", b"E", b"D", b"C", b"H"))
 
 # Start-up parameters that are not settings to replay on the server.
 _NOT_SETTINGS = frozenset(("user", "database", "options", "replication"))
@@ -69,6 +68,7 @@ class ClientSession(FramedProtocol):
         self._unsynced = False  # extended-protocol messages sent since the last Sync
         self._counted = False
         self.engine: Engine | None = None
+        self.scanner = FrontendScanner(service.settings.max_message_size)
 
     def __repr__(self) -> str:
         user = self.user.name if self.user else "?"
@@ -136,30 +136,30 @@ class ClientSession(FramedProtocol):
     # -- forwarding (the hot path) ----------------------------------------------------------------
 
     def _forward(self, data: bytes) -> None:
+        """Session pooling: pass client bytes on unchanged, following message boundaries."""
         server = self.server
         assert server is not None
-        reader = self.reader
+        scanner = self.scanner
+        before = scanner.expected
         try:
-            reader.feed(data)
-            out: list[bytes] = []
-            for frame in reader:
-                kind = frame.type
-                if kind in _EXPECTS_READY:
-                    self._pending += 1
-                    self._unsynced = False
-                elif kind in _EXTENDED:
-                    self._unsynced = True
-                elif kind == b"X":
-                    if out:
-                        server.transport.writelines(out)  # type: ignore[union-attr]
-                    self._terminate()
-                    return
-                out.append(frame.data)
+            terminate_at = scanner.feed(data)
         except ProtocolError as exc:
+            # Part of the bad message may already be at the server: never reuse it.
+            server.mark_broken()
             self._fail(exc)
             return
-        if out:
-            server.transport.writelines(out)  # type: ignore[union-attr]
+        self._pending += scanner.expected - before
+        self._unsynced = scanner.unsynced
+        transport = server.transport
+        assert transport is not None
+        if terminate_at is None:
+            transport.write(data)
+            return
+        if terminate_at > 0:
+            transport.write(data[:terminate_at])
+        elif terminate_at < 0:
+            server.mark_broken()  # the start of the Terminate already went to the server
+        self._terminate()
 
     # ServerSink: called by the attached ServerConnection.
 
@@ -437,6 +437,7 @@ class ClientSession(FramedProtocol):
             server.tx_status == b"I"
             and self._pending == 0
             and not self._unsynced
+            and self.scanner.at_boundary
             and not server.broken
         )
         if cluster is None or self.user is None:

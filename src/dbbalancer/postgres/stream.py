@@ -83,3 +83,70 @@ class BoundaryScanner:
             self._partial = bytes(data[pos:])
         self.ready_count += ready
         return ready
+
+
+_EXPECTS_READY = frozenset(b"QSF")  # Query, Sync, FunctionCall: each is answered by a Ready
+_EXTENDED = frozenset(b"PBEDCH")  # extended-protocol messages that wait for a Sync
+_TERMINATE = 0x58  # 'X'
+
+
+class FrontendScanner:
+    """Follows message boundaries of a client stream forwarded unchanged (session pooling).
+
+    `feed(chunk)` returns None, or the offset in the chunk where a Terminate message starts
+    (negative when its first bytes were in an earlier chunk, already forwarded). `expected` counts
+    the ReadyForQuery messages the server owes for what was fed; `unsynced` says whether
+    extended-protocol messages were sent after the last Sync. Lengths are checked against
+    `max_length` before anything else happens to the chunk.
+    """
+
+    __slots__ = ("_partial", "_skip", "expected", "max_length", "unsynced")
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._skip = 0
+        self._partial = b""
+        self.expected = 0
+        self.unsynced = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when everything fed ends exactly at a message boundary."""
+        return self._skip == 0 and not self._partial
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> int | None:
+        """Scan one chunk (see the class docstring)."""
+        carried = len(self._partial)
+        data: bytes | bytearray | memoryview
+        if carried:
+            data = self._partial + bytes(chunk)
+            self._partial = b""
+        else:
+            data = chunk
+        n = len(data)
+        pos = self._skip
+        max_length = self.max_length
+        unpack = _LENGTH.unpack_from
+        while pos + 5 <= n:
+            kind = data[pos]
+            (length,) = unpack(data, pos + 1)
+            if length < 4 or length > max_length:
+                raise ProtocolError(
+                    f"client sent a message of type {chr(kind)!r} with length {length} "
+                    f"(limit {max_length})"
+                )
+            if kind in _EXPECTS_READY:
+                self.expected += 1
+                self.unsynced = False
+            elif kind in _EXTENDED:
+                self.unsynced = True
+            elif kind == _TERMINATE:
+                self._skip = 0
+                return pos - carried
+            pos += 1 + length
+        if pos >= n:
+            self._skip = pos - n
+        else:
+            self._skip = 0
+            self._partial = bytes(data[pos:])
+        return None

@@ -421,6 +421,11 @@ class PgCluster:
             return
         errors: list[str] = []
         self._stop_nodes([node], mode, errors)
+        # pg_ctl returns once postmaster.pid is gone; the process itself may take a moment more
+        # to exit (and its /proc entry then no longer names the data directory).
+        deadline = time.monotonic() + 5
+        while self.is_running(node) and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.is_running(node):
             self._kill_postmaster(node, errors)
         if self.is_running(node):

@@ -305,3 +305,27 @@ def test_pipeline_with_a_write_after_a_read_runs_on_the_primary(
         # executemany pipelines Parse/Bind/Execute for every row before one Sync.
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO rw (v) VALUES (%s)", [(8,), (9,), (10,)])
+
+
+def test_session_pooling_with_split_reports_a_lost_session_connection(
+    pg_cluster: PgCluster,
+) -> None:
+    balancer = start(pg_cluster, mode="session")
+    try:
+        conn = psycopg.connect(dsn(balancer), autocommit=True)
+        # Reads go to replicas; the session's own primary connection sits idle meanwhile.
+        on_primary = "SELECT pg_backend_pid(), pg_advisory_xact_lock(99)"
+        pid_row = conn.execute(on_primary).fetchone()
+        assert pid_row is not None
+        assert port_of(conn, "SELECT inet_server_port()") != pg_cluster.primary.port
+        pg_cluster.sql(pg_cluster.primary, f"SELECT pg_terminate_backend({pid_row[0]})")
+        time.sleep(0.3)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute(on_primary)
+        conn.close()
+        with psycopg.connect(dsn(balancer), autocommit=True) as fresh:
+            assert port_of(fresh, "SELECT inet_server_port(), pg_advisory_xact_lock(99)") == (
+                pg_cluster.primary.port
+            )
+    finally:
+        balancer.stop()

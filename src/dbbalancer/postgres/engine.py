@@ -307,9 +307,22 @@ class Engine:
             unit.retry_sql = query_text(first)
         self.unit = unit
         if decision.target is Target.PRIMARY and self.home is not None:
-            self._attach(self.home, None)
+            self._attach_home(self.home)
             return
         self._checkout(unit)
+
+    def _attach_home(self, home: ServerConnection) -> None:
+        """Session pooling: run the unit on the connection held for the session."""
+        if home.broken:
+            # It died while the session was between statements (nobody was attached to hear).
+            self.home = None
+            self.session.fatal(
+                "08006",
+                f"server connection to {home.server.name} was lost",
+                hint="reconnect; the server may be restarting",
+            )
+            return
+        self._attach(home, None)
 
     def _checkout(self, unit: _Unit) -> None:
         """Attach an idle connection at once if there is one; else wait for one in a task."""
@@ -747,7 +760,7 @@ class Engine:
         retry = _Unit(decision, exclude=unit.exclude | {server.server.name})
         self.unit = retry
         if decision.target is Target.PRIMARY and self.home is not None:
-            self._attach(self.home, None)
+            self._attach_home(self.home)
             return
         self._checkout(retry)
 

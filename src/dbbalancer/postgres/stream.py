@@ -18,7 +18,46 @@ _READY_FOR_QUERY = 0x5A  # 'Z'
 _ERROR_RESPONSE = 0x45  # 'E'
 
 
-class BoundaryScanner:
+class _Scanner:
+    """Carries what crosses a chunk boundary: the rest of a message body still to skip, or an
+    incomplete header. Subclasses walk the headers of `_join(chunk)` and end with `_carry`."""
+
+    __slots__ = ("_partial", "_skip", "max_length")
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._skip = 0  # bytes of the current message body still to come
+        self._partial = b""  # an incomplete header carried to the next chunk
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the bytes fed so far end exactly at a message boundary."""
+        return self._skip == 0 and not self._partial
+
+    def reset(self) -> None:
+        """Forget any partial state (after the stream was re-synchronised)."""
+        self._skip = 0
+        self._partial = b""
+
+    def _join(self, chunk: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        """The bytes to scan: a carried partial header followed by `chunk`."""
+        if not self._partial:
+            return chunk
+        data = self._partial + bytes(chunk)
+        self._partial = b""
+        return data
+
+    def _carry(self, data: bytes | bytearray | memoryview, pos: int) -> None:
+        """Remember where scanning of `data` stopped at `pos`."""
+        n = len(data)
+        if pos >= n:
+            self._skip = pos - n
+        else:
+            self._skip = 0
+            self._partial = bytes(data[pos:])
+
+
+class BoundaryScanner(_Scanner):
     """Follows message boundaries across chunks of a backend stream.
 
     After `feed(chunk)`, `ready_count` says how many ReadyForQuery messages ended in the chunk
@@ -27,34 +66,18 @@ class BoundaryScanner:
     raises ProtocolError before anything is buffered.
     """
 
-    __slots__ = ("_partial", "_skip", "errors", "last_status", "max_length", "ready_count")
+    __slots__ = ("errors", "last_status", "ready_count")
 
     def __init__(self, max_length: int) -> None:
-        self.max_length = max_length
-        self._skip = 0  # bytes of the current message body still to come
-        self._partial = b""  # an incomplete header (< 5 bytes, or 5 of a 'Z' without its status)
+        super().__init__(max_length)
         self.ready_count = 0
         self.last_status: bytes | None = None
         self.errors = 0
 
-    def reset(self) -> None:
-        """Forget any partial state (after the stream was re-synchronised)."""
-        self._skip = 0
-        self._partial = b""
-
-    @property
-    def at_boundary(self) -> bool:
-        """True when the bytes fed so far end exactly at a message boundary."""
-        return self._skip == 0 and not self._partial
-
     def feed(self, chunk: bytes | bytearray | memoryview) -> int:
         """Scan one chunk; return the number of ReadyForQuery messages it completed."""
-        data: bytes | bytearray | memoryview
-        if self._partial:
-            data = self._partial + bytes(chunk)
-            self._partial = b""
-        else:
-            data = chunk
+        # A 'Z' whose status byte is in the next chunk is carried whole (5 bytes).
+        data = self._join(chunk)
         n = len(data)
         pos = self._skip
         ready = 0
@@ -76,11 +99,7 @@ class BoundaryScanner:
             elif kind == _ERROR_RESPONSE:
                 self.errors += 1
             pos += 1 + length
-        if pos >= n:
-            self._skip = pos - n
-        else:
-            self._skip = 0
-            self._partial = bytes(data[pos:])
+        self._carry(data, pos)
         self.ready_count += ready
         return ready
 
@@ -90,7 +109,7 @@ _EXTENDED = frozenset(b"PBEDCH")  # extended-protocol messages that wait for a S
 _TERMINATE = 0x58  # 'X'
 
 
-class FrontendScanner:
+class FrontendScanner(_Scanner):
     """Follows message boundaries of a client stream forwarded unchanged (session pooling).
 
     `feed(chunk)` returns None, or the offset in the chunk where a Terminate message starts
@@ -100,29 +119,17 @@ class FrontendScanner:
     `max_length` before anything else happens to the chunk.
     """
 
-    __slots__ = ("_partial", "_skip", "expected", "max_length", "unsynced")
+    __slots__ = ("expected", "unsynced")
 
     def __init__(self, max_length: int) -> None:
-        self.max_length = max_length
-        self._skip = 0
-        self._partial = b""
+        super().__init__(max_length)
         self.expected = 0
         self.unsynced = False
-
-    @property
-    def at_boundary(self) -> bool:
-        """True when everything fed ends exactly at a message boundary."""
-        return self._skip == 0 and not self._partial
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> int | None:
         """Scan one chunk (see the class docstring)."""
         carried = len(self._partial)
-        data: bytes | bytearray | memoryview
-        if carried:
-            data = self._partial + bytes(chunk)
-            self._partial = b""
-        else:
-            data = chunk
+        data = self._join(chunk)
         n = len(data)
         pos = self._skip
         max_length = self.max_length
@@ -144,9 +151,5 @@ class FrontendScanner:
                 self._skip = 0
                 return pos - carried
             pos += 1 + length
-        if pos >= n:
-            self._skip = pos - n
-        else:
-            self._skip = 0
-            self._partial = bytes(data[pos:])
+        self._carry(data, pos)
         return None

@@ -170,3 +170,16 @@ def test_latency_tracker_stays_within_sample_range(alpha: float, samples: list[f
     value = tracker.get("k")
     assert value is not None
     assert min(samples) - 1e-9 <= value <= max(samples) + 1e-9
+
+
+@given(st.lists(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=8), max_size=30))
+def test_rotation_start_orders_like_round_robin(rounds: list[list[str]]) -> None:
+    """The ring fast path (sorted keys rotated at `rotation_start`) matches `order`, whatever
+    the membership changes between picks, and leaves the cursor where `order` does."""
+    fast = Balancer(Policy.ROUND_ROBIN)
+    slow = Balancer(Policy.ROUND_ROBIN)
+    for names in rounds:
+        keys = sorted(set(names))
+        start = fast.rotation_start(keys)
+        expected = [c.key for c in slow.order([Candidate(key) for key in keys])]
+        assert keys[start:] + keys[:start] == expected

@@ -117,6 +117,22 @@ class Balancer:
         ordered.extend(repeated)
         return ordered
 
+    def rotation_start(self, keys: Sequence[str]) -> int:
+        """Round robin over distinct `keys` sorted ascending, without building candidates.
+
+        Returns the index of the pick: `order` of candidates with these keys under
+        `Policy.ROUND_ROBIN` is the keys from that index on, then those before it. Advances the
+        cursor exactly as `order` does. Only for the round-robin policy and non-empty `keys`.
+        """
+        if self._policy is not Policy.ROUND_ROBIN or not keys:
+            raise ValueError("rotation_start needs the round_robin policy and at least one key")
+        last = self._last_key
+        start = 0 if last is None else bisect.bisect_right(keys, last)
+        if start == len(keys):
+            start = 0
+        self._last_key = keys[start]
+        return start
+
     def pick(self, candidates: Sequence[Candidate]) -> Candidate | None:
         """Return the preferred candidate (`order(candidates)[0]`), or None when there is none."""
         ordered = self.order(candidates)

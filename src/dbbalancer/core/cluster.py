@@ -37,6 +37,10 @@ RETRY_PAUSE = 0.05
 _STATIC_POLICIES = frozenset((Policy.ROUND_ROBIN, Policy.RANDOM, Policy.WEIGHTED))
 
 
+def _name(server: Server) -> str:
+    return server.name
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaPolicy:
     """How reads are spread: the balancing policy, the lag limit and the fallback."""
@@ -78,6 +82,10 @@ class Cluster(Generic[C]):
         self._eligible: list[Server] = []
         self._eligible_key: tuple[int, int | None] | None = None
         self._static_candidates: dict[tuple[str, ...], list[Candidate]] = {}
+        # Round robin: the last list of replicas ordered, and the same servers sorted by name.
+        self._ring_source: list[Server] | None = None
+        self._ring: list[Server] = []
+        self._ring_keys: list[str] = []
         self._connect = connect
         self._limits = limits
         self._clock = clock
@@ -145,6 +153,16 @@ class Cluster(Generic[C]):
         """`replicas` in the balancing policy's order of preference."""
         if not replicas:
             return replicas
+        if self.policy.balance is Policy.ROUND_ROBIN:
+            # The hot path for every read: eligible_replicas() returns the same list until the
+            # next probe result, so the sorted ring is built once per change, not per query.
+            if replicas is not self._ring_source:
+                self._ring = sorted({s.name: s for s in replicas}.values(), key=_name)
+                self._ring_keys = [s.name for s in self._ring]
+                self._ring_source = replicas
+            ring = self._ring
+            start = self.balancer.rotation_start(self._ring_keys)
+            return ring[start:] + ring[:start] if start else list(ring)
         by_name = {s.name: s for s in replicas}
         if self.policy.balance in _STATIC_POLICIES:
             # These policies look only at names and weights: build the candidates once.
@@ -199,11 +217,9 @@ class Cluster(Generic[C]):
         to use (so the balancer advances once per unit of work either way).
         """
         if target is Target.REPLICA:
-            replicas = [
-                s
-                for s in self.order_replicas(self.eligible_replicas(min_position))
-                if s.name not in exclude
-            ]
+            replicas = self.order_replicas(self.eligible_replicas(min_position))
+            if exclude:
+                replicas = [s for s in replicas if s.name not in exclude]
             if replicas:
                 pool = self.pool(user, replicas[0])
                 conn = pool.try_acquire()

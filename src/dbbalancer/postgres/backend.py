@@ -64,6 +64,10 @@ class ServerSink(Protocol):
 class FrameSink(Protocol):
     """The client side of a server connection in managed (frame-by-frame) mode."""
 
+    def server_chunk(self, server: ServerConnection, data: bytes) -> bool:
+        """Bytes the server sent, offered before framing; True if the sink took them as they
+        are (nothing is buffered in `server.reader` then), False to have them framed."""
+
     def server_frames(self, server: ServerConnection) -> None:
         """Frames are waiting in `server.reader`."""
 
@@ -120,6 +124,9 @@ class ServerConnection(FramedProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._mode is _Mode.MANAGED:
+            managed = cast(FrameSink, self._sink)
+            if not self.reader.buffered and managed.server_chunk(self, data):
+                return
             try:
                 self.reader.feed(data)
             except ProtocolError as exc:
@@ -127,7 +134,7 @@ class ServerConnection(FramedProtocol):
                 self.mark_broken()
                 self.abort()
                 return
-            self._sink.server_frames(self)  # type: ignore[union-attr]
+            managed.server_frames(self)
         elif self._mode is _Mode.FORWARD:
             sink = cast(ServerSink, self._sink)
             try:

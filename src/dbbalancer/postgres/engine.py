@@ -50,6 +50,7 @@ from dbbalancer.postgres.prepared import (
     with_name,
 )
 from dbbalancer.postgres.responses import Request
+from dbbalancer.postgres.stream import scan_plain
 
 if TYPE_CHECKING:
     from dbbalancer.postgres.frontend import ClientSession
@@ -610,6 +611,35 @@ class Engine:
         self._flush()
 
     # -- server side ----------------------------------------------------------------------------
+
+    def server_chunk(self, server: ServerConnection, data: bytes) -> bool:
+        """The fast path for server output: a chunk that ends one request cycle cleanly.
+
+        When every request in flight is the client's own and the chunk is whole plain messages
+        ending with a ReadyForQuery (`scan_plain`), it goes to the client as it is, without
+        being framed message by message. Returns False when the chunk must be framed and
+        handed to `server_frames` instead.
+        """
+        if server is not self.server or not server.tracker.plain:
+            return False
+        found = scan_plain(data, server.reader.max_length)
+        if found is None:
+            return False
+        status, rows = found
+        unit = self.unit
+        if rows and unit is not None:
+            unit.rows_sent = True
+        self.last_activity = time.monotonic()
+        self._to_client.append(data)
+        tracker = server.tracker
+        tracker.finish_plain(status)
+        server.tx_status = status
+        if status == b"E":
+            self._tx_failed = True
+        if tracker.idle:
+            self._end_of_work(server, status)
+        self._flush()
+        return True
 
     def server_frames(self, server: ServerConnection) -> None:
         """Frames from the attached server: pass them on, and end the unit at its last Ready."""

@@ -57,14 +57,23 @@ class _Token:
     tag: str | None = None  # PARSE: the server-side statement name, to forget it if it fails
     capture: list[bytes] | None = None  # hidden QUERY: its DataRows are kept here
 
+    @property
+    def plain(self) -> bool:
+        """A client request whose responses the client sees unchanged."""
+        return self.visible and self.synthetic is None and self.capture is None
+
+
+_ENDS_WITH_READY = (Request.SYNC, Request.QUERY)
+
 
 class ResponseTracker:
     """Tokens for the requests in flight on one server connection, oldest first."""
 
-    __slots__ = ("_tokens", "failed_parses", "ready_status")
+    __slots__ = ("_special", "_tokens", "failed_parses", "ready_status")
 
     def __init__(self) -> None:
         self._tokens: collections.deque[_Token] = collections.deque()
+        self._special = 0  # tokens in `_tokens` that are not plain
         self.failed_parses: list[str] = []
         self.ready_status: bytes | None = None
 
@@ -76,6 +85,12 @@ class ResponseTracker:
         """Nothing is awaiting a response."""
         return not self._tokens
 
+    @property
+    def plain(self) -> bool:
+        """Requests are in flight and all are the client's own, answered to it unchanged: the
+        server's output may then be forwarded as it comes (see `finish_plain`)."""
+        return self._special == 0 and bool(self._tokens)
+
     def awaiting_ready(self) -> bool:
         """True if the client is owed a ReadyForQuery (it sent a Sync or a simple Query)."""
         return any(t.visible and t.request in (Request.SYNC, Request.QUERY) for t in self._tokens)
@@ -83,6 +98,33 @@ class ResponseTracker:
     def clear(self) -> None:
         """Forget everything (the connection is being dropped)."""
         self._tokens.clear()
+        self._special = 0
+
+    def _add(self, token: _Token) -> None:
+        self._tokens.append(token)
+        if not token.plain:
+            self._special += 1
+
+    def _pop(self) -> _Token:
+        token = self._tokens.popleft()
+        if not token.plain:
+            self._special -= 1
+        return token
+
+    def finish_plain(self, status: bytes) -> None:
+        """The server answered, in one piece and without an error, every request up to the
+        oldest Sync or Query, ending with a ReadyForQuery of transaction status `status`.
+
+        The caller forwarded those bytes unchanged, which is right only while `plain` holds, and
+        checked that they hold no ErrorResponse and no asynchronous message other than notices:
+        then each request's responses end with its final message and the tokens up to that Sync
+        or Query are simply done, as `on_frame` would have found message by message.
+        """
+        tokens = self._tokens
+        while tokens:
+            if tokens.popleft().request in _ENDS_WITH_READY:
+                break
+        self.ready_status = status
 
     def expect(
         self,
@@ -94,14 +136,14 @@ class ResponseTracker:
     ) -> None:
         """A request was sent; `visible=False` hides its responses from the client, and
         `capture` collects the DataRow messages of a hidden query."""
-        self._tokens.append(_Token(request, visible, tag=tag, capture=capture))
+        self._add(_Token(request, visible, tag=tag, capture=capture))
 
     def synthesize(self, data: bytes, out: list[bytes]) -> None:
         """The proxy answers a request itself: `data` reaches the client in its turn."""
         if not self._tokens:
             out.append(data)
         else:
-            self._tokens.append(_Token(None, True, synthetic=data))
+            self._add(_Token(None, True, synthetic=data))
 
     def on_frame(self, frame: Frame, out: list[bytes]) -> bool:
         """Handle one server message; append what the client sees to `out`.
@@ -129,7 +171,7 @@ class ResponseTracker:
                 self.failed_parses.append(head.tag)
             # Extended protocol: the server now skips every message up to the next Sync.
             while tokens and tokens[0].request is not Request.SYNC:
-                tokens.popleft()
+                self._pop()
             return False
         if head.visible:
             out.append(frame.data)
@@ -137,15 +179,15 @@ class ResponseTracker:
             head.capture.append(frame.data)
         if kind == b"Z":
             self.ready_status = frame.data[5:6]
-            tokens.popleft()
+            self._pop()
             self._flush_synthetic(out)
             return True
         if kind in _FINAL[head.request]:  # type: ignore[index]
-            tokens.popleft()
+            self._pop()
             self._flush_synthetic(out)
         return False
 
     def _flush_synthetic(self, out: list[bytes]) -> None:
         tokens = self._tokens
         while tokens and tokens[0].synthetic is not None:
-            out.append(tokens.popleft().synthetic)  # type: ignore[arg-type]
+            out.append(self._pop().synthetic)  # type: ignore[arg-type]

@@ -104,6 +104,45 @@ class BoundaryScanner(_Scanner):
         return ready
 
 
+# Backend messages a proxy can forward without looking into them: results, completions,
+# notices (protocol section "Message Formats"). Errors, ParameterStatus, notifications and COPY
+# are not among them: someone must read those.
+_PLAIN_BACKEND = frozenset(b"TDCN123nsIt")
+_ROWS = frozenset(b"TD")
+_READY_LENGTH = b"\x00\x00\x00\x05"
+
+
+def scan_plain(data: bytes | bytearray | memoryview, max_length: int) -> tuple[bytes, bool] | None:
+    """Whether a chunk of backend output can be forwarded as it is, and what it ends with.
+
+    True (returned as ``(status, rows)``) when `data` is whole messages of the plain kinds above,
+    with lengths within `max_length`, ending exactly with a ReadyForQuery that is its only one:
+    ``status`` is that message's transaction status byte and ``rows`` says whether a
+    RowDescription or DataRow came before it. Otherwise None, and the caller frames the chunk.
+    """
+    n = len(data)
+    end = n - 6
+    if end < 0 or data[end] != _READY_FOR_QUERY or data[end + 1 : end + 5] != _READY_LENGTH:
+        return None
+    pos = 0
+    rows = False
+    unpack = _LENGTH.unpack_from
+    plain = _PLAIN_BACKEND
+    while pos < end:
+        kind = data[pos]
+        if kind not in plain:
+            return None
+        (length,) = unpack(data, pos + 1)
+        if length < 4 or length > max_length:
+            return None
+        if kind in _ROWS:
+            rows = True
+        pos += 1 + length
+    if pos != end:
+        return None
+    return bytes(data[n - 1 :]), rows
+
+
 _EXPECTS_READY = frozenset(b"QSF")  # Query, Sync, FunctionCall: each is answered by a Ready
 _EXTENDED = frozenset(b"PBEDCH")  # extended-protocol messages that wait for a Sync
 _TERMINATE = 0x58  # 'X'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -137,6 +138,44 @@ def test_chunking_does_not_change_frames(
     assert [f.data for f in frames] == encoded
     assert [f.type for f in frames] == [e[:1] for e in encoded]
     assert reader.buffered == 0
+
+
+@SETTINGS
+@given(any_messages, st.data())
+def test_frames_matches_feed_then_iterate(
+    messages: list[FrontendMessage | BackendMessage], data: st.DataObject
+) -> None:
+    """`frames()` (with its no-copy path for a chunk that is one whole message) frames any
+    chunking as feed() and iteration do, including at message boundaries."""
+    encoded = [m.encode() for m in messages]
+    stream = b"".join(encoded)
+    boundaries = [sum(len(e) for e in encoded[:i]) for i in range(len(encoded) + 1)]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)) | st.sampled_from(boundaries))))
+    reader = MessageReader()
+    frames: list[Frame] = []
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        frames.extend(reader.frames(stream[start:cut]))
+        start = cut
+    assert [f.data for f in frames] == encoded
+    assert [f.type for f in frames] == [e[:1] for e in encoded]
+    assert reader.buffered == 0
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.integers(4, 400))
+def test_frames_checks_lengths_like_feed(junk: bytes, max_length: int) -> None:
+    def run(take: Callable[[MessageReader], list[Frame]]) -> list[Frame] | str:
+        try:
+            return take(MessageReader(max_length=max_length))
+        except ProtocolError as exc:
+            return exc.message
+
+    def fed(reader: MessageReader) -> list[Frame]:
+        reader.feed(junk)
+        return list(reader)
+
+    assert run(lambda reader: reader.frames(junk)) == run(fed)
 
 
 @SETTINGS

@@ -281,6 +281,34 @@ class MessageReader:
         self._pos = end
         return _new_frame(type_, bytes(buf[pos:end]))
 
+    def frames(self, data: bytes) -> list[Frame]:
+        """Feed `data` and return every complete frame now buffered.
+
+        With nothing buffered, frames are cut straight out of `data` (a chunk that is exactly one
+        message becomes its frame without a copy) and only an incomplete tail is buffered.
+        """
+        if self._pos != len(self._buf):
+            self.feed(data)
+            return list(self)
+        # Nothing buffered: frame straight out of `data`; only an incomplete tail is buffered.
+        frames = []
+        n = len(data)
+        pos = 0
+        max_length = self.max_length
+        unpack = _HEADER.unpack_from
+        while n - pos >= 5:
+            type_, length = unpack(data, pos)
+            if length < 4 or length > max_length:
+                raise ProtocolError(_bad_length(type_, length, max_length))
+            end = pos + 1 + length
+            if end > n:
+                break
+            frames.append(_new_frame(type_, data if end - pos == n else data[pos:end]))
+            pos = end
+        if pos < n:
+            self.feed(memoryview(data)[pos:])
+        return frames
+
     def __iter__(self) -> Iterator[Frame]:
         """Yield every complete frame currently buffered."""
         while (frame := self.next()) is not None:

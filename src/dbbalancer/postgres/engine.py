@@ -95,6 +95,15 @@ def query_text(frame: Frame) -> str:
         raise ProtocolError("query text is not valid UTF-8") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A Query or Parse frame as routing saw it. Holding the frame keeps its id unique."""
+
+    frame: Frame
+    classification: Classification
+    fields: tuple[str, str, bytes] | None  # a Parse's (name, query, rest)
+
+
 @dataclass(slots=True)
 class _Unit:
     """The unit of work in progress."""
@@ -158,7 +167,9 @@ class Engine:
         self._position_rows: list[bytes] | None = None
         self._skip_to_sync = False
         # The first frame of the unit being started and its classification (classified once).
-        self._first: tuple[Frame | None, Classification | None] = (None, None)
+        # What routing the current batch learnt of its Query and Parse frames (by id(frame),
+        # while the backlog holds them), so that sending them does not parse them again.
+        self._batch: dict[int, _Parsed] = {}
         # max_prepared_statements = 0: named statements pass through untouched (as PgBouncer).
         self.track_prepared = cluster.config.max_prepared_statements > 0
         self.last_activity = time.monotonic()
@@ -245,29 +256,49 @@ class Engine:
         """The classification that routes the backlog's unit: its first statement's, unless a
         later statement of the same batch is not a read (None: unknown, go to the primary)."""
         first: Classification | None = None
+        batch = self._batch
+        batch.clear()
+        unnamed: Classification | None = None  # of an unnamed Parse earlier in this batch
         for i, frame in enumerate(self.backlog):
-            c = self._classify_first(frame)
+            kind = frame.type
+            c: Classification | None
+            if kind == b"Q":
+                known = self.classifier.classify(query_text(frame))
+                batch[id(frame)] = _Parsed(frame, known, None)
+                c = known
+            elif kind == b"P":
+                fields = parse_fields(frame)
+                known = self.classifier.classify(fields[1])
+                if not fields[0]:
+                    unnamed = known
+                batch[id(frame)] = _Parsed(frame, known, fields)
+                c = known
+            elif kind == b"B" or i == 0:
+                c = self._classify_first(frame, unnamed)
+            else:
+                c = None  # Describe, Execute, Sync...: routing looks only at what they follow
             if i == 0:
                 first = c
-            if frame.type not in _PIPELINED:
+            if kind not in _PIPELINED:
                 break
-            if frame.type in (b"P", b"B") and (c is None or not c.read_only):
+            if kind in (b"P", b"B") and (c is None or not c.read_only):
                 return c
         return first
 
-    def _classify_first(self, frame: Frame) -> Classification | None:
+    def _classify_first(
+        self, frame: Frame, unnamed: Classification | None = None
+    ) -> Classification | None:
+        """The classification of the statement a Bind or Describe refers to, if known;
+        `unnamed` is that of an unnamed Parse earlier in the same batch."""
         kind = frame.type
-        if kind == b"Q":
-            return self.classifier.classify(query_text(frame))
-        if kind == b"P":
-            _, query, _ = parse_fields(frame)
-            return self.classifier.classify(query)
         if kind == b"B":
             start, end = bind_statement(frame)
             name = frame.data[start:end].decode(errors="replace")
             stmt = self.prepared.get(name) if name else None
             if stmt is not None:
                 return stmt.classification
+            if not name and unnamed is not None:
+                return unnamed
             if not name and self.unnamed is not None:
                 _, query, _ = parse_fields(codec.parse_frame(self.unnamed))
                 return self.classifier.classify(query)
@@ -282,7 +313,6 @@ class Engine:
         """Route the unit that begins with backlog[0] and get it a server connection."""
         first = self.backlog[0]
         c = self._classify_unit()
-        self._first = (first, c)
         if c is not None and self.mode is PoolMode.STATEMENT and _begins_transaction(c):
             self.backlog.pop(0)
             self._refuse(
@@ -418,8 +448,11 @@ class Engine:
         unit = self.unit
         if unit is not None and unit.retry_frames is not None:
             unit.retry_frames.append(frame)
+        known = self._batch.pop(id(frame), None)
+        if known is not None and known.frame is not frame:
+            known = None
         if kind == b"Q":
-            c = self._first[1] if self._first[0] is frame else None
+            c = known.classification if known is not None else None
             if c is None:
                 c = self.classifier.classify(query_text(frame))
             if not self._track(c, frame):
@@ -428,8 +461,12 @@ class Engine:
             tracker.expect(Request.QUERY)
             out.append(frame.data)
         elif kind == b"P":
-            name, query, rest = parse_fields(frame)
-            c = self.classifier.classify(query)
+            if known is not None and known.fields is not None:
+                name, query, rest = known.fields
+                c = known.classification
+            else:
+                name, query, rest = parse_fields(frame)
+                c = self.classifier.classify(query)
             if not self._track(c, frame):
                 return
             if not name or not self.track_prepared:

@@ -90,8 +90,7 @@ class ClientSession(FramedProtocol):
                 self._forward(data)
                 return
             try:
-                self.reader.feed(data)
-                engine.client_frames(list(self.reader))
+                engine.client_frames(self.reader.frames(data))
             except ProtocolError as exc:
                 self._fail(exc)
         elif self.startup_reader is not None:

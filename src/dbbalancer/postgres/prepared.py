@@ -38,16 +38,16 @@ def _frame(kind: bytes, body: bytes) -> bytes:
 
 def parse_fields(frame: Frame) -> tuple[str, str, bytes]:
     """(statement name, query text, the rest of the body) of a Parse message."""
-    body = bytes(frame.body)
-    name_end = body.find(b"\0")
-    query_end = body.find(b"\0", name_end + 1) if name_end >= 0 else -1
+    data = frame.data
+    name_end = data.find(b"\0", 5)
+    query_end = data.find(b"\0", name_end + 1) if name_end >= 0 else -1
     if query_end < 0:
         raise ProtocolError("malformed Parse message")
     try:
         return (
-            body[:name_end].decode(),
-            body[name_end + 1 : query_end].decode(),
-            body[query_end + 1 :],
+            data[5:name_end].decode(),
+            data[name_end + 1 : query_end].decode(),
+            data[query_end + 1 :],
         )
     except UnicodeDecodeError:
         raise ProtocolError("Parse message is not valid UTF-8") from None

@@ -64,6 +64,8 @@ class _Token:
 
 
 _ENDS_WITH_READY = (Request.SYNC, Request.QUERY)
+# Tokens are never changed once made: the plain one of each request is shared.
+_PLAIN_TOKENS = {request: _Token(request, True) for request in Request}
 
 
 class ResponseTracker:
@@ -136,7 +138,10 @@ class ResponseTracker:
     ) -> None:
         """A request was sent; `visible=False` hides its responses from the client, and
         `capture` collects the DataRow messages of a hidden query."""
-        self._add(_Token(request, visible, tag=tag, capture=capture))
+        if visible and tag is None and capture is None:
+            self._tokens.append(_PLAIN_TOKENS[request])  # plain: no count to keep
+        else:
+            self._add(_Token(request, visible, tag=tag, capture=capture))
 
     def synthesize(self, data: bytes, out: list[bytes]) -> None:
         """The proxy answers a request itself: `data` reaches the client in its turn."""

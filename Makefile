@@ -2,7 +2,11 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint typecheck bench clean
+# Where `make compile` puts the mypyc-compiled package (setup.py); `make test` and `make bench`
+# run against it, the development checkout itself stays pure Python.
+COMPILED := build/compiled
+
+.PHONY: setup demo test test-fast lint typecheck compile bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -11,8 +15,8 @@ demo: setup
 	$(BIN)/dbbalancer demo
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 
 typecheck: setup
 	$(BIN)/mypy
@@ -20,12 +24,19 @@ typecheck: setup
 test-fast: setup
 	$(BIN)/pytest -q tests/unit tests/property
 
-test: setup lint typecheck
-	$(BIN)/pytest -q tests
+# Incremental: only what changed is compiled again (about 45 s from scratch, 8 s when nothing did).
+compile: setup
+	@mkdir -p build
+	@DBBALANCER_COMPILE=1 $(BIN)/python setup.py -q build --build-lib $(COMPILED) \
+		>build/compile.log 2>&1 || { cat build/compile.log; exit 1; }
+	@echo "compiled into $(COMPILED) (log: build/compile.log)"
 
-bench:
+test: setup lint typecheck compile
+	DBBALANCER_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED) $(BIN)/pytest -q tests
+
+bench: compile
 	@bash scripts/bootstrap.sh bench
-	$(BIN)/python -m bench.run
+	PYTHONPATH=$(COMPILED) $(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -44,9 +44,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+  # setuptools >= 77 in the venv too: `make compile` runs setup.py with it.
+  .venv/bin/python -m pip install -q --upgrade 'setuptools>=77' wheel 2>&1 | grep -v "is ignored" || true
+  # The editable checkout stays pure Python; `make compile` builds the compiled package aside.
+  DBBALANCER_COMPILE=0 .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import dbbalancer" 
   touch "$stamp"
 fi

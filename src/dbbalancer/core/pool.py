@@ -81,11 +81,14 @@ class PoolStats:
     total_dropped: int
 
 
-@dataclass(slots=True)
+# A plain class rather than a dataclass: mypyc (setup.py) cannot compile a generic dataclass.
 class _Entry(Generic[C]):
-    conn: C
-    created: float
-    last_used: float
+    __slots__ = ("conn", "created", "last_used")
+
+    def __init__(self, conn: C, created: float, last_used: float) -> None:
+        self.conn = conn
+        self.created = created
+        self.last_used = last_used
 
 
 class Pool(Generic[C]):

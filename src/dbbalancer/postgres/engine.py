@@ -416,8 +416,8 @@ class Engine:
         self._sync_state(server)
         backlog, self.backlog = self.backlog, []
         for i, frame in enumerate(backlog):
-            if self.server is None:
-                # The unit ended locally (refused statement): the rest starts a new unit.
+            if not self._is_attached(server):
+                # The unit ended while its frames were sent: the rest starts a new unit.
                 self.backlog = backlog[i:]
                 break
             if frame.type == b"X":
@@ -426,7 +426,7 @@ class Engine:
                 return
             self._send(frame)
         self._flush()
-        if self.server is None and self.backlog and not self.acquiring:
+        if not self._is_attached(server) and self.backlog and not self.acquiring:
             self._drain_backlog()
 
     def _sync_state(self, server: ServerConnection) -> None:
@@ -717,7 +717,7 @@ class Engine:
                     self._tx_failed = True
                 if tracker.idle:
                     self._end_of_work(server, status)
-                    if self.server is not server:
+                    if not self._is_attached(server):
                         break
                     unit = self.unit
         if tracker.failed_parses:
@@ -726,6 +726,12 @@ class Engine:
                 self.cluster.known_statements.discard(name)
             tracker.failed_parses.clear()
         self._flush()
+
+    def _is_attached(self, server: ServerConnection) -> bool:
+        # Not inlined where self.server was narrowed earlier in the same function (mypy keeps
+        # it narrowed across calls that may set it to None): mypyc-compiled code (setup.py)
+        # would check the narrowed type at run time and raise TypeError on None.
+        return self.server is server
 
     def _end_of_work(self, server: ServerConnection, status: bytes) -> None:
         """Everything sent was answered: at transaction end, settle state and release."""

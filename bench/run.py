@@ -53,12 +53,13 @@ from bench.report import (
 )
 from bench.targets import (
     ALL_TARGETS,
+    DEFAULT_TARGETS,
     RunningTarget,
     TargetError,
     find_program,
     start_target,
 )
-from dbbalancer import __version__
+from dbbalancer import __version__, build_kind
 from dbbalancer.testing.pgcluster import PgCluster, PgClusterError, find_pg_bindir
 
 WORKLOADS: dict[str, Workload] = {
@@ -105,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated client counts for the non-storm workloads",
     )
     parser.add_argument(
-        "--targets", default=",".join(ALL_TARGETS), help=f"any of {','.join(ALL_TARGETS)}"
+        "--targets", default=",".join(DEFAULT_TARGETS), help=f"any of {','.join(ALL_TARGETS)}"
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"any of {','.join(WORKLOADS)}"
@@ -424,7 +425,12 @@ class Bench:
             program = find_program(name)
             versions[name] = "not installed" if program is None else _version([program, flag])
         versions["Python"] = platform.python_version()
-        versions["dbbalancer"] = __version__
+        kind = build_kind()
+        versions["dbbalancer"] = f"{__version__}, {kind}" + (
+            " (mypyc, setup.py; the -pure target runs the source tree)"
+            if kind == "compiled"
+            else ""
+        )
         return versions
 
     def _machine(self) -> dict[str, str]:
@@ -452,7 +458,7 @@ class Bench:
             self.rounds >= DEFAULT_ROUNDS
             and self.duration >= DEFAULT_DURATION
             and sorted(self.clients) == sorted(DEFAULT_CLIENTS)
-            and {t.name for t in self.targets} == set(ALL_TARGETS)
+            and {t.name for t in self.targets} >= set(DEFAULT_TARGETS)
             and {c.workload.name for c in self.cases} == set(WORKLOADS)
             and self.idle_clients >= DEFAULT_IDLE_CLIENTS
         )

@@ -58,6 +58,9 @@ class TargetSpec:
     kind: str
     pool_mode: str | None = None
     read_write_split: bool = False
+    # dbbalancer from the source tree, without the compiled build that `make bench` puts on
+    # PYTHONPATH: what compiling with mypyc (setup.py) buys.
+    pure: bool = False
 
 
 ALL_TARGETS: dict[str, TargetSpec] = {
@@ -70,8 +73,17 @@ ALL_TARGETS: dict[str, TargetSpec] = {
         TargetSpec("dbbalancer-session-rw", "dbbalancer", "session", read_write_split=True),
         TargetSpec("dbbalancer-transaction", "dbbalancer", "transaction"),
         TargetSpec("dbbalancer-transaction-rw", "dbbalancer", "transaction", read_write_split=True),
+        TargetSpec(
+            "dbbalancer-transaction-rw-pure",
+            "dbbalancer",
+            "transaction",
+            read_write_split=True,
+            pure=True,
+        ),
     )
 }
+# What `make bench` runs unless told otherwise; the pure-Python variant is asked for by name.
+DEFAULT_TARGETS = [name for name, spec in ALL_TARGETS.items() if not spec.pure]
 
 
 @dataclass
@@ -154,11 +166,17 @@ def start_target(
 
 
 def _spawn(
-    command: list[str], log_file: Path, *, account_uid: int | None = None, gid: int | None = None
+    command: list[str],
+    log_file: Path,
+    *,
+    account_uid: int | None = None,
+    gid: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     with log_file.open("ab") as log:
         return subprocess.Popen(
             command,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -310,7 +328,11 @@ def _start_dbbalancer(
     config.write_text(dbbalancer_config(spec, cluster, port, session_pool_size), encoding="utf-8")
     log_file = directory / "dbbalancer.log"
     command = [sys.executable, "-m", "dbbalancer", "run", "-c", str(config)]
-    process = _spawn(command, log_file)
+    env = None
+    if spec.pure:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["DBBALANCER_COMPILE"] = "0"
+    process = _spawn(command, log_file, env=env)
     pool = TRANSACTION_POOL_SIZE if spec.pool_mode != "session" else session_pool_size
     return RunningTarget(spec, LOOPBACK, port, process, log_file, pool)
 

@@ -81,6 +81,11 @@ class PoolStats:
     total_dropped: int
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 # A plain class rather than a dataclass: mypyc (setup.py) cannot compile a generic dataclass.
 class _Entry(Generic[C]):
     __slots__ = ("conn", "created", "last_used")
@@ -168,23 +173,25 @@ class Pool(Generic[C]):
             wait_for = None if deadline is None else deadline - now
             if self.limits.reserve_size and now < reserve_at:
                 wait_for = reserve_at - now if wait_for is None else min(wait_for, reserve_at - now)
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
+            # A timer that wakes the waiter like a release would; the loop then finds the
+            # deadline passed. Cheaper than asyncio.wait_for, which this runs for every unit of
+            # work that finds the pool busy.
+            timer = None if wait_for is None else loop.call_later(max(wait_for, 0.0), _wake, fut)
             try:
-                if wait_for is None:
-                    await fut
-                else:
-                    await asyncio.wait_for(fut, max(wait_for, 0.0))
-            except TimeoutError:
-                if deadline is not None and self._clock() >= deadline:
-                    raise PoolTimeout(self._timeout_message(wait_limit)) from None
+                await fut
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if not fut.done():
                     fut.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
-            # Woken (or the reserve became available): a waiter that was woken but finds nothing
-            # loops again; the head-of-line order is kept because new arrivals see _waiters.
+            # Woken (or the reserve became available, or time is up): a waiter that finds
+            # nothing loops again; the head-of-line order is kept because new arrivals see
+            # _waiters.
 
     def try_acquire(self) -> C | None:
         """An idle connection at once, or None (then use `acquire`). Never jumps the queue."""

@@ -166,7 +166,6 @@ class Engine:
         self.min_position: int | None = None  # the primary's position after our last write
         self._position_rows: list[bytes] | None = None
         self._skip_to_sync = False
-        # The first frame of the unit being started and its classification (classified once).
         # What routing the current batch learnt of its Query and Parse frames (by id(frame),
         # while the backlog holds them), so that sending them does not parse them again.
         self._batch: dict[int, _Parsed] = {}

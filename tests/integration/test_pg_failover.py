@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.configs import cluster_config
 from dbbalancer.testing.pgcluster import PgCluster
+from dbbalancer.testing.ports import free_port
 
 ClusterFactory = Callable[..., PgCluster]
 
@@ -211,5 +213,39 @@ def test_split_brain_writes_go_to_the_higher_timeline(
             lambda: [s.server.name for s in runtime(balancer).monitor.status() if s.fenced]
         )
         assert fenced == [old.name]
+    finally:
+        balancer.stop()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_no_primary_at_all_is_a_clear_error_not_an_internal_one(mode: str) -> None:
+    """Every server down: after primary_wait_timeout the client is refused with a message naming
+    the cluster and the setting (a compiled build once turned this into an internal error: see
+    tests/unit/test_build.py)."""
+    dead = [free_port() for _ in range(2)]
+    servers = "".join(
+        f'[[clusters.servers]]\nname = "s{i}"\naddress = "127.0.0.1:{port}"\nrole = "auto"\n\n'
+        for i, port in enumerate(dead)
+    )
+    config = parse_config(
+        '[listen]\npostgres = "127.0.0.1:0"\n\n'
+        '[[users]]\nname = "app"\npassword = "app"\nauth = "scram-sha-256"\n\n'
+        f'[[clusters]]\nname = "main"\ndatabase = "main"\npool_mode = "{mode}"\n'
+        'primary_wait_timeout = "300ms"\n\n' + servers
+    )
+    balancer = BalancerThread(config).start()
+    try:
+        host, port = balancer.pg_address
+        conninfo = f"host={host} port={port} user=app password=app dbname=main connect_timeout=10"
+        with (
+            pytest.raises(psycopg.OperationalError) as raised,
+            psycopg.connect(conninfo, autocommit=True) as conn,
+        ):
+            conn.execute("SELECT 1")
+        # libpq reports a login failure without its SQLSTATE: the text tells 08006 from XX000.
+        message = str(raised.value)
+        assert "FATAL:  cluster main has no primary" in message
+        assert "primary_wait_timeout" in message
+        assert "internal error" not in message
     finally:
         balancer.stop()

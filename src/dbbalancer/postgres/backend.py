@@ -332,8 +332,8 @@ async def connect_server(
         raise ServerUnavailable(
             f"server {server.name} closed the connection during login"
         ) from None
-    except ProtocolError as exc:
-        raise ServerUnavailable(f"server {server.name}: {exc.message}") from exc
+    except ProtocolError as bad:
+        raise ServerUnavailable(f"server {server.name}: {bad.message}") from bad
     return conn
 
 

@@ -206,8 +206,8 @@ class ClientSession(FramedProtocol):
             self.close()
         except ConnectionClosed:
             pass
-        except Refused as exc:
-            self._send_error(exc.sqlstate, exc.message, hint=exc.hint)
+        except Refused as refused:
+            self._send_error(refused.sqlstate, refused.message, hint=refused.hint)
             self.close()
         except Exception:
             log.exception("%r: unexpected error", self)
@@ -396,12 +396,14 @@ class ClientSession(FramedProtocol):
                 user.name, Target.PRIMARY, wait_limit=cluster.config.query_wait_timeout
             )
             return server, pool
-        except PoolTimeout as exc:
-            raise Refused("53300", str(exc)) from None
-        except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:
-            raise Refused("08006", str(exc)) from None
-        except ServerError as exc:
-            raise Refused(exc.sqlstate, f"server refused the pooled login: {exc.message}") from None
+        except PoolTimeout as timeout:
+            raise Refused("53300", str(timeout)) from None
+        except (NoServerAvailable, ServerUnavailable, PoolClosed) as unavailable:
+            raise Refused("08006", str(unavailable)) from None
+        except ServerError as refused:
+            raise Refused(
+                refused.sqlstate, f"server refused the pooled login: {refused.message}"
+            ) from None
 
     # -- ending ---------------------------------------------------------------------------------
 

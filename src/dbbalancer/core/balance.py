@@ -126,8 +126,7 @@ class Balancer:
         """
         if self._policy is not Policy.ROUND_ROBIN or not keys:
             raise ValueError("rotation_start needs the round_robin policy and at least one key")
-        last = self._last_key
-        start = 0 if last is None else bisect.bisect_right(keys, last)
+        start = self._start(keys)
         if start == len(keys):
             start = 0
         self._last_key = keys[start]
@@ -141,9 +140,13 @@ class Balancer:
     def _rotation(self, candidates: Sequence[Candidate]) -> dict[str, int]:
         """Rank of each key in round-robin order, starting right after the last key picked."""
         keys = sorted(c.key for c in candidates)
-        start = 0 if self._last_key is None else bisect.bisect_right(keys, self._last_key)
+        start = self._start(keys)
         count = len(keys)
         return {key: (index - start) % count for index, key in enumerate(keys)}
+
+    def _start(self, keys: Sequence[str]) -> int:
+        """Index in sorted `keys` of the first key after the last one picked (len: wrap)."""
+        return 0 if self._last_key is None else bisect.bisect_right(keys, self._last_key)
 
     def _weighted(self, candidates: list[Candidate]) -> list[Candidate]:
         rank = self._rotation(candidates)

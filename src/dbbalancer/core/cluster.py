@@ -34,7 +34,8 @@ class ServerConnectError(Exception):
 
 
 RETRY_PAUSE = 0.05
-_STATIC_POLICIES = frozenset((Policy.ROUND_ROBIN, Policy.RANDOM, Policy.WEIGHTED))
+# Policies that look only at names and weights (round robin has its own ring below).
+_STATIC_POLICIES = frozenset((Policy.RANDOM, Policy.WEIGHTED))
 
 
 def _name(server: Server) -> str:
@@ -165,7 +166,7 @@ class Cluster(Generic[C]):
             return ring[start:] + ring[:start] if start else list(ring)
         by_name = {s.name: s for s in replicas}
         if self.policy.balance in _STATIC_POLICIES:
-            # These policies look only at names and weights: build the candidates once.
+            # Build the candidates once per set of names.
             names = tuple(by_name)
             static = self._static_candidates.get(names)
             if static is None:
@@ -185,23 +186,6 @@ class Cluster(Generic[C]):
                 )
             )
         return [by_name[c.key] for c in self.balancer.order(candidates)]
-
-    async def choose(self, target: Target, *, min_position: int | None = None) -> Choice:
-        """The server for a unit of work sent to `target`."""
-        if target is Target.REPLICA:
-            replicas = self.eligible_replicas(min_position)
-            if replicas:
-                return Choice(self.order_replicas(replicas)[0])
-            if not self.policy.fallback_to_primary:
-                raise NoServerAvailable(
-                    f"cluster {self.name}: no replica can take reads now "
-                    '(replica_fallback = "error"); check replica health and lag'
-                )
-            reason = RouteReason.NO_REPLICA
-            if min_position is not None and self.eligible_replicas():
-                reason = RouteReason.OWN_WRITES
-            return Choice(await self.wait_primary(), reason)
-        return Choice(await self.wait_primary())
 
     def try_checkout(
         self,

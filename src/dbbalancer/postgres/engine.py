@@ -667,13 +667,8 @@ class Engine:
             unit.rows_sent = True
         self.last_activity = time.monotonic()
         self._to_client.append(data)
-        tracker = server.tracker
-        tracker.finish_plain(status)
-        server.tx_status = status
-        if status == b"E":
-            self._tx_failed = True
-        if tracker.idle:
-            self._end_of_work(server, status)
+        server.tracker.finish_plain(status)
+        self._ready(server, status)
         self._flush()
         return True
 
@@ -711,11 +706,7 @@ class Engine:
             if tracker.on_frame(frame, out):
                 status = tracker.ready_status
                 assert status is not None
-                server.tx_status = status
-                if status == b"E":
-                    self._tx_failed = True
-                if tracker.idle:
-                    self._end_of_work(server, status)
+                if self._ready(server, status):
                     if not self._is_attached(server):
                         break
                     unit = self.unit
@@ -725,6 +716,17 @@ class Engine:
                 self.cluster.known_statements.discard(name)
             tracker.failed_parses.clear()
         self._flush()
+
+    def _ready(self, server: ServerConnection, status: bytes) -> bool:
+        """A ReadyForQuery with transaction status `status` reached the client. True if it was
+        the last response owed, so the work in flight ended (`_end_of_work`)."""
+        server.tx_status = status
+        if status == b"E":
+            self._tx_failed = True
+        if not server.tracker.idle:
+            return False
+        self._end_of_work(server, status)
+        return True
 
     def _is_attached(self, server: ServerConnection) -> bool:
         # Not inlined where self.server was narrowed earlier in the same function (mypy keeps

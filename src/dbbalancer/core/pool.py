@@ -234,8 +234,34 @@ class Pool(Generic[C]):
         self._active[id(conn)] = _Entry(conn, now, now)
         return conn
 
-    def release(self, conn: C, *, reusable: bool = True, reason: DropReason | None = None) -> None:
-        """Give a connection back; a broken or non-reusable one is closed and dropped."""
+    def take(self, conn: C) -> bool:
+        """Check out `conn` itself if it is idle here (a client returning to the connection
+        that holds its state); False if it is not."""
+        if self._closed:
+            return False
+        for entry in self._idle:
+            if entry.conn is conn:
+                self._idle.remove(entry)
+                if conn.broken:
+                    self._drop_entry(entry, DropReason.BROKEN)
+                    return False
+                entry.last_used = self._clock()
+                self._active[id(conn)] = entry
+                return True
+        return False
+
+    def release(
+        self,
+        conn: C,
+        *,
+        reusable: bool = True,
+        reason: DropReason | None = None,
+        cold: bool = False,
+    ) -> None:
+        """Give a connection back; a broken or non-reusable one is closed and dropped.
+
+        A `cold` connection goes to the far end of the idle list, so others are handed out
+        before it (it holds state its last client may come back for)."""
         entry = self._active.pop(id(conn), None)
         if entry is None:
             conn.close()
@@ -249,7 +275,10 @@ class Pool(Generic[C]):
                 self._drop_entry(entry, DropReason.LIFETIME)
             else:
                 entry.last_used = now
-                self._idle.append(entry)
+                if cold:
+                    self._idle.appendleft(entry)
+                else:
+                    self._idle.append(entry)
         self._wake_one()
 
     def _drop_entry(self, entry: _Entry[C], reason: DropReason) -> None:

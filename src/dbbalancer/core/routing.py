@@ -32,6 +32,7 @@ class RouteReason(enum.Enum):
     HINT_REPLICA = "hint: replica"
     USER_DEFAULT_PRIMARY = "user default_route = primary"
     PINNED = "session pinned to its server"
+    SESSION_STATE = "keeps session state: pins to the primary"
     REMEMBERED_WRITE = "replica refused it before (read-only)"
     NO_REPLICA = "no eligible replica"
     OWN_WRITES = "read-your-writes: replicas behind this session's last write"
@@ -60,12 +61,18 @@ def decide(
     A transaction goes wholly to the primary unless it starts read-only (BEGIN READ ONLY), when it
     goes to one replica for its whole length. A replica hint never moves a non-read off the
     primary. `default_primary` is the user's `default_route = "primary"`: reads then go to the
-    primary unless hinted to a replica.
+    primary unless hinted to a replica. A statement that creates session state the client will
+    be pinned to (a temp table, a WITH HOLD cursor, SQL PREPARE, ...) goes to the primary, so the
+    pin never keeps a later write from running.
     """
     if not split:
         return PRIMARY_SPLIT_OFF
     if c.hint is RouteHint.PRIMARY:
         return Decision(Target.PRIMARY, RouteReason.HINT_PRIMARY)
+    if c.pins:
+        # A pinned session runs everything on its pinned connection, writes included: only the
+        # primary can take them.
+        return Decision(Target.PRIMARY, RouteReason.SESSION_STATE)
     if c.kind is StatementKind.TRANSACTION and c.tx is TxAction.BEGIN:
         if c.tx_read_only and read_only_transactions_to_replica:
             return Decision(Target.REPLICA, RouteReason.READ_ONLY_TRANSACTION)

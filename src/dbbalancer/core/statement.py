@@ -104,6 +104,7 @@ class PinReason(enum.Enum):
     SESSION_AUTHORIZATION = "session_authorization"
     SQL_PREPARE = "sql_prepare"
     UNTRACKED_SETTING = "untracked_setting"
+    SEQUENCE_STATE = "sequence_state"  # currval()/lastval() read the connection's last nextval()
 
 
 class UnpinEvent(enum.Enum):

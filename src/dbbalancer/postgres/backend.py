@@ -106,6 +106,9 @@ class ServerConnection(FramedProtocol):
         self.statements = StatementCache(0)
         self.applied: dict[str, str] = {}  # settings the proxy SET on it, beyond its defaults
         self.unnamed: bytes | None = None  # the Parse behind its unnamed statement, if known
+        # Whose sequence state (what currval()/lastval() answer) the session holds: the client
+        # (engine) that last ran a statement here that may have called nextval(); None if clean.
+        self.seq_owner: object | None = None
 
     @property
     def broken(self) -> bool:
@@ -295,6 +298,7 @@ class ServerConnection(FramedProtocol):
         self.applied = {}
         self.statements.clear()
         self.unnamed = None
+        self.seq_owner = None
 
 
 async def connect_server(

@@ -16,6 +16,8 @@ state is gone, or is refused when the cluster says session_state = "error".
 from __future__ import annotations
 
 import logging
+import re
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,9 +28,7 @@ from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
 from dbbalancer.core.routing import Decision, RouteReason, Target, decide
 from dbbalancer.core.statement import (
     Classification,
-    PinReason,
     Reason,
-    SettingChange,
     StatementKind,
     TxAction,
     UnpinEvent,
@@ -50,6 +50,7 @@ from dbbalancer.postgres.prepared import (
     with_name,
 )
 from dbbalancer.postgres.responses import Request
+from dbbalancer.postgres.sessionstate import SessionState, read_back_query
 from dbbalancer.postgres.stream import scan_plain
 
 if TYPE_CHECKING:
@@ -60,22 +61,18 @@ log = logging.getLogger(__name__)
 PARSE_COMPLETE = codec.ParseComplete().encode()
 CLOSE_COMPLETE = codec.CloseComplete().encode()
 READY_IDLE = codec.ReadyForQuery(b"I").encode()
+SYNC = codec.Sync().encode()
+DISCARD_SEQUENCES = codec.Query("DISCARD SEQUENCES").encode()
+# Functions that answer from the session's sequence state, and that set it, as the classifier
+# names them.
+_SEQUENCE_STATE_READERS = frozenset(
+    ("currval", "lastval", "pg_catalog.currval", "pg_catalog.lastval")
+)
+_SEQUENCE_STATE_WRITERS = frozenset(
+    ("nextval", "setval", "pg_catalog.nextval", "pg_catalog.setval")
+)
 # The primary's WAL position in bytes, asked right after a write commits (read-your-writes).
 POSITION_QUERY = codec.Query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").encode()
-
-# Pins that end with a given event. Only events that end the state for certain unpin: a
-# pg_advisory_unlock() may release a lock the session never held while another stays held, and
-# CLOSE of one cursor says nothing of another WITH HOLD cursor, so those keep the pin until the
-# all-clearing form (or the client's disconnect).
-_UNPINS: dict[UnpinEvent, frozenset[PinReason]] = {
-    UnpinEvent.DISCARD_ALL: frozenset(PinReason),
-    UnpinEvent.DISCARD_TEMP: frozenset((PinReason.TEMP_TABLE,)),
-    UnpinEvent.UNLISTEN_ALL: frozenset((PinReason.LISTEN,)),
-    UnpinEvent.ADVISORY_UNLOCK_ALL: frozenset((PinReason.ADVISORY_LOCK,)),
-    UnpinEvent.CLOSE_ALL_CURSORS: frozenset((PinReason.WITH_HOLD_CURSOR,)),
-    UnpinEvent.DEALLOCATE_ALL: frozenset((PinReason.SQL_PREPARE,)),
-    UnpinEvent.RESET_SESSION_AUTHORIZATION: frozenset((PinReason.SESSION_AUTHORIZATION,)),
-}
 
 # Server errors after which a connection's session is gone or the server is going away.
 _BACKLOG_PAUSE = 256
@@ -85,6 +82,13 @@ _PIPELINED = frozenset((b"P", b"B", b"D", b"E", b"C"))
 # Errors on live traffic after which the server is probed at once: read-only (a demoted primary),
 # admin shutdown, crash shutdown, cannot connect now.
 _PROBE_NOW = frozenset(("25006", "57P01", "57P02", "57P03"))
+# The proxy's server-side statement names (prepared.server_statement_name), to hide in errors.
+_SERVER_NAME_MARK = b"dbb_"
+_SERVER_NAME = re.compile(rb"dbb_[0-9a-f]{20}")
+# Server messages after which a read can no longer be re-run elsewhere: rows, a completion, a
+# COPY, an empty query, a suspended portal. A RowDescription (sent before a SELECT executes),
+# ParseComplete or BindComplete is held back with the rest and may still be withdrawn.
+_COMMITS = frozenset((b"D", b"C", b"G", b"H", b"W", b"I", b"s"))
 
 
 def query_text(frame: Frame) -> str:
@@ -111,9 +115,13 @@ class _Unit:
     decision: Decision
     server: ServerConnection | None = None
     pool: Pool[ServerConnection] | None = None
-    retry_frames: list[Frame] | None = None  # replica reads that may be re-run on the primary
+    # A replica read that may be re-run elsewhere: its frames, and its SQL for the classifier to
+    # learn. While it may be re-run, what the client is to see of it is held back (`_holding`).
+    retry_frames: list[Frame] | None = None
     retry_sql: str | None = None
-    rows_sent: bool = False
+    rows_sent: bool = False  # a DataRow or a completion reached the client: no re-run now
+    sealed: bool = False  # a re-runnable read was sent whole: later frames wait for its end
+    mark: int = 0  # where its output starts in the engine's client buffer
     errors: int = 0
     wrote: bool = False  # ran something that is not a read (read-your-writes)
     exclude: frozenset[str] = frozenset()  # servers that already failed this unit
@@ -142,8 +150,7 @@ class Engine:
         self.mode = mode
         self.split = split
         self.classifier = session.service.classifier(cluster.config.name)
-        self.startup_settings = dict(settings)
-        self.settings = dict(settings)
+        self.state = SessionState(settings, session)
         self.home = home  # session pooling: the primary connection held for the whole session
         self.home_pool = home_pool
         self.server: ServerConnection | None = None
@@ -152,10 +159,20 @@ class Engine:
         self.acquiring = False
         self.prepared: dict[str, PreparedStatement] = {}
         self.unnamed: bytes | None = None
-        self.pins: dict[PinReason, int] = {}
-        self._pending_settings: list[SettingChange] = []
-        self._rollback = False
-        self._tx_failed = False
+        # Statement effects learnt at Bind for each portal, applied when it is executed.
+        self._portals: dict[bytes, Classification] = {}
+        self._unnamed_c: Classification | None = None  # of the client's unnamed statement
+        self._untracked: dict[str, Classification] = {}  # named statements passed through
+        # Server-side statements a DISCARD/DEALLOCATE ALL in flight may or may not have dropped.
+        self._doubt_statements: list[str] = []
+        self._prepared_before: dict[str, PreparedStatement] | None = None
+        self._settings_rows: list[bytes] | None = None
+        self._read_back: list[str] = []
+        # The pooled connection where this client last ran something that may have called
+        # nextval() (see ServerConnection.seq_owner), and its pool.
+        self._seq_server: ServerConnection | None = None
+        self._seq_pool: Pool[ServerConnection] | None = None
+        self._ran_writes = False
         self._to_server: list[bytes] = []
         self._to_client: list[bytes] = []
         self.closed = False
@@ -203,6 +220,11 @@ class Engine:
                     # An extended-protocol batch is routed once its Sync (or Flush) is in, so a
                     # write anywhere in it sends the whole batch to the primary.
                     self._start_unit()
+            elif self._sealed() and frame.type != b"X":
+                # A replica read is in flight: what follows is routed on its own once it ends.
+                self.backlog.append(frame)
+                if len(self.backlog) > _BACKLOG_PAUSE:
+                    self.session.pause_reading()
             else:
                 if frame.type == b"X":
                     self._flush()
@@ -253,7 +275,8 @@ class Engine:
 
     def _classify_unit(self) -> Classification | None:
         """The classification that routes the backlog's unit: its first statement's, unless a
-        later statement of the same batch is not a read (None: unknown, go to the primary)."""
+        later statement of the same batch is not a read or pins the session (None: unknown, go
+        to the primary)."""
         first: Classification | None = None
         batch = self._batch
         batch.clear()
@@ -280,7 +303,7 @@ class Engine:
                 first = c
             if kind not in _PIPELINED:
                 break
-            if kind in (b"P", b"B") and (c is None or not c.read_only):
+            if kind in (b"P", b"B") and (c is None or not c.read_only or c.pins):
                 return c
         return first
 
@@ -296,11 +319,12 @@ class Engine:
             stmt = self.prepared.get(name) if name else None
             if stmt is not None:
                 return stmt.classification
-            if not name and unnamed is not None:
+            if name:
+                return self._untracked.get(name)
+            if unnamed is not None:
                 return unnamed
-            if not name and self.unnamed is not None:
-                _, query, _ = parse_fields(codec.parse_frame(self.unnamed))
-                return self.classifier.classify(query)
+            if self._unnamed_c is not None:
+                return self._unnamed_c
         if kind == b"D":
             describe_kind, name = target_name(frame)
             stmt = self.prepared.get(name) if describe_kind == b"S" and name else None
@@ -332,14 +356,33 @@ class Engine:
                 read_only_transactions_to_replica=self.ro_tx_to_replica,
             )
         unit = _Unit(decision)
-        if decision.target is Target.REPLICA and first.type == b"Q":
-            unit.retry_frames = []
-            unit.retry_sql = query_text(first)
+        if decision.target is Target.REPLICA:
+            retry_sql = self._retry_sql()
+            if retry_sql is not None:
+                unit.retry_frames = []
+                unit.retry_sql = retry_sql
         self.unit = unit
         if decision.target is Target.PRIMARY and self.home is not None:
             self._attach_home(self.home)
             return
         self._checkout(unit)
+
+    def _retry_sql(self) -> str | None:
+        """The SQL of the backlog's first request cycle if that cycle may be re-run elsewhere:
+        a simple Query, or an extended-protocol batch that ends with a Sync. A batch that ends
+        with a Flush is not: its client waits for answers that holding back would withhold."""
+        sql: str | None = None
+        for frame in self.backlog:
+            kind = frame.type
+            if kind == b"Q":
+                return query_text(frame)
+            if kind == b"S":
+                return sql if sql is not None else ""
+            if kind not in _PIPELINED:
+                return None
+            if kind == b"P" and sql is None:
+                sql = parse_fields(frame)[1]
+        return None
 
     def _attach_home(self, home: ServerConnection) -> None:
         """Session pooling: run the unit on the connection held for the session."""
@@ -355,7 +398,18 @@ class Engine:
         self._attach(home, None)
 
     def _checkout(self, unit: _Unit) -> None:
-        """Attach an idle connection at once if there is one; else wait for one in a task."""
+        """Attach an idle connection at once if there is one; else wait for one in a task.
+
+        For the primary, the connection that holds this client's sequence state comes first
+        while nobody else has changed it, so currval() and lastval() keep answering for it."""
+        seq = self._seq_server
+        if seq is not None and unit.decision.target is Target.PRIMARY:
+            pool = self._seq_pool
+            if seq.seq_owner is not self or pool is None:
+                self._seq_server = None  # someone else's nextval() may have run there since
+            elif pool.take(seq):
+                self._attach(seq, pool)
+                return
         fast = self.cluster.runtime.try_checkout(
             self.user.name,
             unit.decision.target,
@@ -410,13 +464,19 @@ class Engine:
         assert unit is not None
         unit.server = server
         unit.pool = pool
+        unit.mark = len(self._to_client)
         self.server = server
         server.attach_managed(self)
         self._sync_state(server)
+        self._send_backlog(server, unit)
+
+    def _send_backlog(self, server: ServerConnection, unit: _Unit) -> None:
+        """Send the waiting frames to the attached server, up to where the unit stops taking
+        them (it ended, or a re-runnable read was sent whole)."""
         backlog, self.backlog = self.backlog, []
         for i, frame in enumerate(backlog):
-            if not self._is_attached(server):
-                # The unit ended while its frames were sent: the rest starts a new unit.
+            if not self._is_attached(server) or unit.sealed:
+                # The rest starts a new unit once this one ends.
                 self.backlog = backlog[i:]
                 break
             if frame.type == b"X":
@@ -428,14 +488,29 @@ class Engine:
         if not self._is_attached(server) and self.backlog and not self.acquiring:
             self._drain_backlog()
 
+    def _sealed(self) -> bool:
+        unit = self.unit
+        return unit is not None and unit.sealed
+
+    def _holding(self) -> bool:
+        """The client's output is held back: the unit in flight may still be re-run."""
+        unit = self.unit
+        return (
+            unit is not None
+            and unit.retry_frames is not None
+            and not unit.rows_sent
+            and self.server is not None
+        )
+
     def _sync_state(self, server: ServerConnection) -> None:
         """Bring the connection's settings to this client's, as one hidden simple query."""
-        sql = sync_statement(server.applied, self.settings)
+        settings = self.state.settings
+        sql = sync_statement(server.applied, settings)
         if sql is None:
             return
         self._to_server.append(codec.Query(sql).encode())
         server.tracker.expect(Request.QUERY, visible=False)
-        server.applied = dict(self.settings)
+        server.applied = dict(settings)
 
     def _send(self, frame: Frame) -> None:
         """Send one client frame to the attached server, rewriting what pooling requires."""
@@ -447,6 +522,10 @@ class Engine:
         unit = self.unit
         if unit is not None and unit.retry_frames is not None:
             unit.retry_frames.append(frame)
+            if kind in (b"Q", b"S"):
+                unit.sealed = True
+            elif kind == b"H":
+                unit.retry_frames = None  # the client may wait for what was asked so far
         known = self._batch.pop(id(frame), None)
         if known is not None and known.frame is not frame:
             known = None
@@ -454,6 +533,8 @@ class Engine:
             c = known.classification if known is not None else None
             if c is None:
                 c = self.classifier.classify(query_text(frame))
+            if not c.read_only and c.functions and not self._sequence_ok(server, c, frame):
+                return
             if not self._track(c, frame):
                 return
             server.unnamed = None  # a simple query destroys the unnamed statement
@@ -466,12 +547,15 @@ class Engine:
             else:
                 name, query, rest = parse_fields(frame)
                 c = self.classifier.classify(query)
-            if not self._track(c, frame):
+            if not self._admit(c, frame):
                 return
             if not name or not self.track_prepared:
                 if not name:
                     self.unnamed = frame.data
+                    self._unnamed_c = c
                     server.unnamed = frame.data
+                else:
+                    self._untracked[name] = c
                 tracker.expect(Request.PARSE)
                 out.append(frame.data)
                 return
@@ -486,23 +570,42 @@ class Engine:
                 self._prepare_on(server, stmt, visible=True)
         elif kind == b"B":
             start, end = bind_statement(frame)
-            name = frame.data[start:end].decode(errors="replace")
-            if name:
+            data = frame.data
+            bound_c: Classification | None
+            if end > start:
+                name = data[start:end].decode(errors="replace")
                 bound = self.prepared.get(name)
-                if bound is not None and unit is not None and not bound.classification.read_only:
-                    unit.wrote = True
                 if bound is not None:
+                    bound_c = bound.classification
                     self._ensure_prepared(server, bound)
                     out.append(with_name(frame, start, end, bound.server_name))
                 else:
-                    out.append(frame.data)
+                    bound_c = self._untracked.get(name)
+                    out.append(data)
             else:
+                bound_c = self._unnamed_c
                 self._ensure_unnamed(server)
-                out.append(frame.data)
+                out.append(data)
+            # What the statement does to the session counts when the portal runs.
+            portal = data[5 : start - 1]
+            if bound_c is not None:
+                self._portals[portal] = bound_c
+            else:
+                self._portals.pop(portal, None)
             tracker.expect(Request.BIND)
         elif kind == b"E":
+            data = frame.data
+            portal_c = self._portals.get(data[5 : data.index(b"\0", 5)])
+            if portal_c is not None:
+                if (
+                    not portal_c.read_only
+                    and portal_c.functions
+                    and not self._sequence_ok(server, portal_c, frame)
+                ):
+                    return
+                self._effects(portal_c)
             tracker.expect(Request.EXECUTE)
-            out.append(frame.data)
+            out.append(data)
         elif kind == b"D":
             describe_kind, name = target_name(frame)
             if describe_kind == b"S":
@@ -538,7 +641,7 @@ class Engine:
             out.append(frame.data)
 
     def _search_path(self) -> str:
-        return self.settings.get("search_path", "")
+        return self.state.settings.get("search_path", "")
 
     def _prepare_on(
         self, server: ServerConnection, stmt: PreparedStatement, *, visible: bool
@@ -561,8 +664,45 @@ class Engine:
             server.tracker.expect(Request.PARSE, visible=False)
             server.unnamed = self.unnamed
 
+    def _sequence_ok(self, server: ServerConnection, c: Classification, frame: Frame) -> bool:
+        """May `c` run on `server` as far as sequence state goes? currval() and lastval() answer
+        from the session's last nextval(): through a pooled connection that is the last
+        nextval() of whoever ran there, so it is only this client's if this client ran the
+        last possible nextval() there (`seq_owner`). A client that never ran one gets a clean
+        state (DISCARD SEQUENCES first), as a new session has. Anything else is refused, never
+        answered with another client's number."""
+        functions = c.functions
+        if not any(name in _SEQUENCE_STATE_READERS for name in functions) or any(
+            name in _SEQUENCE_STATE_WRITERS for name in functions
+        ):
+            return True  # nothing read, or read after its own nextval()/setval()
+        if server.seq_owner is self:
+            return True
+        if not self._ran_writes:
+            if server.tx_status != b"E":
+                self._to_server.append(DISCARD_SEQUENCES)
+                server.tracker.expect(Request.QUERY, visible=False)
+            server.seq_owner = self
+            return True
+        self._refuse(
+            frame,
+            "55000",
+            "currval()/lastval() cannot be answered for this session: the server connection "
+            "that ran its last nextval() has since served another client (transaction pooling)",
+            "use INSERT ... RETURNING or SELECT nextval() to get the id, or "
+            'pool_mode = "session" for this user',
+        )
+        return False
+
     def _track(self, c: Classification, frame: Frame) -> bool:
-        """Record what a statement does to session state; False if it was refused."""
+        """A simple Query: admit it and record its effects; False if it was refused."""
+        if not self._admit(c, frame):
+            return False
+        self._effects(c)
+        return True
+
+    def _admit(self, c: Classification, frame: Frame) -> bool:
+        """Refuse what this pool cannot run (answering the client); True if admitted."""
         if c.pins and self.refuse_session_state and self.mode is not PoolMode.SESSION:
             reasons = ", ".join(p.value for p in c.pins)
             self._refuse(
@@ -580,30 +720,44 @@ class Engine:
                 'use pool_mode = "transaction" for this user or cluster',
             )
             return False
-        if not c.read_only and self.unit is not None:
-            self.unit.wrote = True
+        return True
+
+    def _effects(self, c: Classification) -> None:
+        """A statement is being run (a Query, or the Execute of a portal): record what it does
+        to session state, in stream order."""
+        unit = self.unit
+        if not c.read_only and unit is not None:
+            unit.wrote = True
+            server = self.server
+            if server is not None:
+                server.seq_owner = self
+                self._ran_writes = True
+                if unit.pool is not None:
+                    self._seq_server = server
+                    self._seq_pool = unit.pool
+        elif c.unpins and self.server is not None:
+            self.server.seq_owner = self  # DISCARD SEQUENCES / ALL: the state is this client's
         if c.reason is Reason.DDL:
             self.session.service.poke_volatility(self.cluster.config.name)
-        for pin in c.pins:
-            if pin not in self.pins:
-                log.info("%r: pinned to its server connection: %s", self.session, pin.value)
-            self.pins[pin] = self.pins.get(pin, 0) + 1
+        self.state.record(c)
         for event in c.unpins:
-            for pin in _UNPINS.get(event, frozenset()):
-                if self.pins.pop(pin, None) is not None:
-                    log.info("%r: unpinned (%s)", self.session, event.value)
-            if event in (UnpinEvent.DISCARD_ALL, UnpinEvent.DEALLOCATE_ALL) and self.server:
-                self.server.statements.clear()
-                self.server.unnamed = None
-                if event is UnpinEvent.DISCARD_ALL:
-                    self.prepared.clear()
-                    self._pending_settings.append(SettingChange("", None, False, reset_all=True))
-        if c.tx in (TxAction.ROLLBACK, TxAction.ROLLBACK_PREPARED):
-            self._rollback = True
-        for change in c.settings:
-            if not change.local:
-                self._pending_settings.append(change)
-        return True
+            if event is UnpinEvent.DISCARD_ALL or event is UnpinEvent.DEALLOCATE_ALL:
+                self._drop_all_statements()
+                break
+
+    def _drop_all_statements(self) -> None:
+        """DISCARD ALL or DEALLOCATE ALL is on its way: every prepared statement of the
+        connection and of the client is gone once it runs. Later requests must not rely on them;
+        if it fails after all, `_end_of_work` closes what it would have dropped."""
+        server = self.server
+        if server is not None:
+            self._doubt_statements.extend(server.statements.names())
+            server.statements.clear()
+            server.unnamed = None
+        if self._prepared_before is None:
+            self._prepared_before = dict(self.prepared)
+        self.prepared.clear()
+        self._untracked.clear()
 
     def _refuse(self, frame: Frame, sqlstate: str, message: str, hint: str) -> None:
         """Answer a client request with an error, as the server would, without sending it."""
@@ -661,10 +815,10 @@ class Engine:
         found = scan_plain(data, server.reader.max_length)
         if found is None:
             return False
-        status, rows = found
+        status = found[0]
         unit = self.unit
-        if rows and unit is not None:
-            unit.rows_sent = True
+        if unit is not None:
+            unit.rows_sent = True  # the request cycle completed without an error
         self.last_activity = time.monotonic()
         self._to_client.append(data)
         server.tracker.finish_plain(status)
@@ -682,6 +836,8 @@ class Engine:
         unit = self.unit
         for frame in server.reader:
             kind = frame.type
+            if kind == b"E" and _SERVER_NAME_MARK in frame.data:
+                frame = self._client_names(frame)
             if unit is not None:
                 if kind == b"E":
                     unit.errors += 1
@@ -697,7 +853,7 @@ class Engine:
                         self._retry_on_primary(server, unit)
                         self._flush()
                         return
-                elif kind in (b"T", b"D", b"G", b"H"):
+                elif kind in _COMMITS:
                     unit.rows_sent = True
             if kind == b"S":
                 msg = codec.decode_backend(frame)
@@ -717,12 +873,21 @@ class Engine:
             tracker.failed_parses.clear()
         self._flush()
 
+    def _client_names(self, frame: Frame) -> Frame:
+        """An ErrorResponse with the client's statement names in place of the proxy's own
+        server-side names: no `dbb_...` name ever reaches a client."""
+        names = {
+            stmt.server_name.encode(): stmt.client_name.encode() for stmt in self.prepared.values()
+        }
+        body = _SERVER_NAME.sub(lambda m: names.get(m.group(0), b""), frame.data[5:])
+        return codec.parse_frame(b"E" + struct.pack("!I", len(body) + 4) + body)
+
     def _ready(self, server: ServerConnection, status: bytes) -> bool:
         """A ReadyForQuery with transaction status `status` reached the client. True if it was
         the last response owed, so the work in flight ended (`_end_of_work`)."""
         server.tx_status = status
         if status == b"E":
-            self._tx_failed = True
+            self.state.failed = True
         if not server.tracker.idle:
             return False
         self._end_of_work(server, status)
@@ -737,17 +902,28 @@ class Engine:
     def _end_of_work(self, server: ServerConnection, status: bytes) -> None:
         """Everything sent was answered: at transaction end, settle state and release."""
         unit = self.unit
+        state = self.state
+        if unit is not None and unit.sealed:
+            # It opened a transaction (or pinned): what waits belongs to it after all.
+            unit.sealed = False
+            unit.retry_frames = None
+            if status != b"I" or state.pins:
+                self._send_backlog(server, unit)
         if status != b"I":
             if self.mode is PoolMode.STATEMENT:
                 self._abort_statement_transaction(server)
             return
-        if self._pending_settings:
-            if not self._tx_failed and not self._rollback and (unit is None or not unit.errors):
-                self._apply_settings()
-            server.applied = dict(self.settings)
-            self._pending_settings.clear()
-        self._rollback = False
-        self._tx_failed = False
+        if self._settings_rows is not None:
+            self._learn_settings(self._settings_rows)
+            self._settings_rows = None
+            server.applied = dict(state.settings)
+        errors = 0
+        if unit is not None:
+            errors, unit.errors = unit.errors, 0
+        if (state.unsettled or self._doubt_statements) and self._settle(
+            server, state.in_doubt(errors)
+        ):
+            return  # hidden requests are on their way; this runs again once they are answered
         if self._position_rows is not None:
             self._learn_position(self._position_rows)
             self._position_rows = None
@@ -764,7 +940,7 @@ class Engine:
             self._to_server.append(POSITION_QUERY)
             server.tracker.expect(Request.QUERY, visible=False, capture=self._position_rows)
             return
-        if self.pins:
+        if state.pins:
             if unit is not None:
                 unit.retry_frames = None
             return  # pinned: keep the connection
@@ -775,10 +951,56 @@ class Engine:
         elif unit is not None and unit.pool is not None:
             self.server = None
             server.detach()
-            unit.pool.release(server)
+            if state.pinned_since_release:
+                # Its pins ended, but it held session state: reset it before anyone else gets it.
+                state.pinned_since_release = False
+                self.session.give_back(server, unit.pool, clean=True)
+            else:
+                unit.pool.release(server, cold=server.seq_owner is self)
         # Reading from the client may have been paused while that server's socket was full.
         self.session.resume_reading()
         self._drain_backlog()
+
+    def _settle(self, server: ServerConnection, doubt: bool) -> bool:
+        """Settle the session state the unit changed (see sessionstate.py). True if hidden
+        requests were sent to find out what the server kept."""
+        sent = False
+        changed = bool(self.state.pending)
+        read_back = self.state.settle(doubt)
+        if read_back:
+            self._read_back = read_back
+            self._settings_rows = []
+            self._to_server.append(codec.Query(read_back_query(read_back)).encode())
+            server.tracker.expect(Request.QUERY, visible=False, capture=self._settings_rows)
+            sent = True
+        elif changed and not doubt:
+            server.applied = dict(self.state.settings)
+        if self._doubt_statements:
+            if doubt:
+                # A DISCARD/DEALLOCATE ALL may have failed: close what it would have dropped
+                # (closing a statement that does not exist is no error).
+                tracker = server.tracker
+                for name in self._doubt_statements:
+                    self._to_server.append(close_statement(name))
+                    tracker.expect(Request.CLOSE, visible=False)
+                self._to_server.append(SYNC)
+                tracker.expect(Request.SYNC, visible=False)
+                sent = True
+                if self._prepared_before is not None:
+                    # ... and the client's own statements may still exist.
+                    for name, stmt in self._prepared_before.items():
+                        self.prepared.setdefault(name, stmt)
+            self._doubt_statements.clear()
+        self._prepared_before = None
+        return sent
+
+    def _learn_settings(self, rows: list[bytes]) -> None:
+        names, self._read_back = self._read_back, []
+        for data in rows:
+            msg = codec.decode_backend(codec.parse_frame(data))
+            if isinstance(msg, codec.DataRow) and len(msg.values) == len(names):
+                values = [None if v is None else bytes(v).decode() for v in msg.values]
+                self.state.learn(names, values)
 
     def _learn_position(self, rows: list[bytes]) -> None:
         for data in rows:
@@ -787,18 +1009,6 @@ class Engine:
                 position = int(msg.values[0].split(b".")[0])
                 if self.min_position is None or position > self.min_position:
                     self.min_position = position
-
-    def _apply_settings(self) -> None:
-        for change in self._pending_settings:
-            if change.reset_all:
-                self.settings = dict(self.startup_settings)
-            elif change.value is None:
-                if change.name in self.startup_settings:
-                    self.settings[change.name] = self.startup_settings[change.name]
-                else:
-                    self.settings.pop(change.name, None)
-            else:
-                self.settings[change.name] = change.value
 
     def _abort_statement_transaction(self, server: ServerConnection) -> None:
         """Statement pooling found a transaction left open: roll it back, close the client."""
@@ -813,7 +1023,7 @@ class Engine:
 
     def _retry_on_primary(self, server: ServerConnection, unit: _Unit) -> None:
         """A replica refused a read as read-only (25006): re-run it on the primary."""
-        if unit.retry_sql is not None:
+        if unit.retry_sql:
             self.classifier.remember_write(unit.retry_sql)
         log.info(
             "%r: replica %s refused a read as read-only; retrying on the primary",
@@ -825,11 +1035,14 @@ class Engine:
     def _retry(self, server: ServerConnection, unit: _Unit, decision: Decision) -> None:
         """Run the unit's frames again elsewhere; the failed connection is dropped."""
         frames = unit.retry_frames or []
+        del self._to_client[unit.mark :]  # held back: the client never saw it
         self.server = None
         server.detach()
         if unit.pool is not None:
             unit.pool.release(server, reusable=False, reason=DropReason.BROKEN)
-        self._pending_settings.clear()
+        self.state.forget_pending()  # the frames record their effects again when re-sent
+        self._prepared_before = None
+        self._doubt_statements.clear()
         self.backlog = frames + self.backlog
         retry = _Unit(decision, exclude=unit.exclude | {server.server.name})
         self.unit = retry
@@ -875,13 +1088,16 @@ class Engine:
         server.tracker.clear()
         if unit is not None and unit.pool is not None:
             unit.pool.release(server, reusable=False, reason=DropReason.BROKEN)
-        self._pending_settings.clear()
-        self._rollback = False
-        self._tx_failed = False
+        state = self.state
+        state.forget_pending()
         self._position_rows = None
-        if self.pins:
+        self._settings_rows = None
+        self._doubt_statements.clear()
+        self._prepared_before = None
+        state.pinned_since_release = False
+        if state.pins:
             log.warning("%r: session state lost with %s", self.session, server.server.name)
-            self.pins.clear()
+            state.pins.clear()
         error = codec.error_response(
             "08006",
             f"server connection to {server.server.name} was lost; "
@@ -914,7 +1130,7 @@ class Engine:
             if transport is not None and not transport.is_closing():
                 transport.writelines(self._to_server)
         self._to_server.clear()
-        if self._to_client:
+        if self._to_client and not self._holding():
             self.session.write_many(self._to_client)
             self._to_client.clear()
 
@@ -948,7 +1164,7 @@ class Engine:
             pool = unit.pool if unit is not None else None
             if pool is None:
                 server.close()
-            elif clean and not self.pins:
+            elif clean and not self.state.pins and not self.state.pinned_since_release:
                 pool.release(server)
             else:
                 # Session state left behind (pins) is reset; a transaction in flight is dropped.

@@ -1,9 +1,15 @@
-"""Start-up parameters a client asks for, replayed on a pooled server connection as SET.
+"""Session settings of a client, replayed on a pooled server connection.
 
-A pooled server connection was opened with the proxy's own start-up packet, so the settings a
-client put in its StartupMessage (application_name, DateStyle, TimeZone, search_path, the `-c`
-switches inside `options`, ...) are applied with SET when the client takes the connection;
-DISCARD ALL at release resets them.
+A pooled server connection was opened with the proxy's own start-up packet and may have served
+other clients, so the settings a client put in its StartupMessage (application_name, DateStyle,
+TimeZone, search_path, the `-c` switches inside `options`, ...) and those it changed since with
+SET, RESET or set_config(..., false) are brought over when it takes the connection.
+
+Each value is the string PostgreSQL stores for the setting (what SHOW prints, what `-c` gives):
+a list-valued setting is one string such as `app_schema, "My Schema"`. Such a string must reach
+the server as a string, not as SQL: `SET search_path TO 'a, b'` names ONE schema "a, b", while
+`set_config('search_path', 'a, b', false)` parses the string exactly as postgresql.conf, `-c`
+and the original SET did. So values are replayed through `pg_catalog.set_config`.
 """
 
 from __future__ import annotations
@@ -26,15 +32,15 @@ def quote_ident(name: str) -> str:
 
 
 def set_statements(settings: dict[str, str]) -> str:
-    """One simple-query string of SET commands for `settings`, in order.
+    """One SELECT that gives each setting of `settings` its stored value, left to right.
 
     Raises ValueError for a parameter name that is not a plain (optionally dotted) identifier.
     """
-    parts = []
+    calls = []
     for name, value in settings.items():
-        target = quote_name(name)
-        parts.append(f"SET {target} TO {quote_literal(value)}")
-    return "; ".join(parts)
+        quote_name(name)  # validates the name
+        calls.append(f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)")
+    return "SELECT " + ", ".join(calls)
 
 
 def parse_options(options: str) -> dict[str, str]:

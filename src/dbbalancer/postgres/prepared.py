@@ -142,6 +142,10 @@ class StatementCache:
         """Forget `name` (its Parse failed, or it was closed)."""
         self._names.pop(name, None)
 
+    def names(self) -> list[str]:
+        """The statements held, least recently used first."""
+        return list(self._names)
+
     def clear(self) -> None:
         """The server dropped all its statements (DISCARD ALL, DEALLOCATE ALL)."""
         self._names.clear()

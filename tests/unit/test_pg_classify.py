@@ -25,6 +25,9 @@ from dbbalancer.core.statement import (
     UnpinEvent,
 )
 from dbbalancer.postgres.classify import (
+    _PRIMARY_ONLY_FUNCS,
+    _REPLICA_SAFE_VOLATILE,
+    _SAFE_BUILTINS,
     Classifier,
     _combine,
     _Ctx,
@@ -279,6 +282,96 @@ def test_lookup_cannot_override_special_functions() -> None:
     # pg_sleep is volatile in pg_proc but harmless on a standby.
     assert c.classify("SELECT pg_sleep(1)").kind is StatementKind.READ
     assert c.classify("SELECT lower('A')").reason is Reason.VOLATILE_FUNCTION
+
+
+# What a hot standby refuses (tests/integration/test_pg_standby_functions.py asks a real one).
+STANDBY_REFUSED_CALLS = (
+    "txid_current()",
+    "pg_current_xact_id()",
+    "lo_create(0)",
+    "lo_creat(-1)",
+    "lo_import('/tmp/data.bin')",
+    "lo_import('/tmp/data.bin', 0)",
+    "lo_from_bytea(0, 'x'::bytea)",
+    "pg_current_wal_lsn()",
+    "pg_current_wal_insert_lsn()",
+    "pg_current_wal_flush_lsn()",
+    "pg_switch_wal()",
+    "pg_create_restore_point('r')",
+    "pg_walfile_name('0/0')",
+    "pg_walfile_name_offset('0/0')",
+    "pg_log_standby_snapshot()",
+    "pg_logical_emit_message(false, 'p', 'x')",
+    "pg_replication_origin_oid('o')",
+    "pg_replication_origin_create('o')",
+    "pg_replication_origin_session_setup('o')",
+    "pg_replication_origin_xact_setup('0/0', now())",
+)
+
+
+def _both_paths(c: Classifier, sql: str) -> tuple[Classification, Classification]:
+    toks, _lead, error, _bs = _tokenize(sql)
+    fast = c._fast(toks)
+    assert fast is not None, sql
+    return _combine(fast), _combine(c._authority(sql, toks, error, _Ctx()))
+
+
+@pytest.mark.parametrize("call", STANDBY_REFUSED_CALLS)
+@pytest.mark.parametrize("volatility", [None, "i", "s", "v"])
+def test_functions_a_standby_refuses_go_to_the_primary(call: str, volatility: str | None) -> None:
+    """Whatever pg_proc says, unqualified or pg_catalog-qualified, fast path and parse tree."""
+    c = Classifier(volatility=lambda name: volatility)
+    for sql in (f"SELECT {call}", f"SELECT pg_catalog.{call}", f"SELECT a, {call} FROM t"):
+        for result in (c.classify(sql), *_both_paths(c, sql)):
+            assert (result.kind, result.reason, result.read_only) == (
+                StatementKind.WRITE,
+                Reason.PRIMARY_ONLY_FUNCTION,
+                False,
+            ), sql
+    assert classify(f"SELECT myschema.{call}").reason is Reason.UNKNOWN_FUNCTION
+    assert classify(f"INSERT INTO t VALUES ({call})").reason is Reason.DML
+
+
+def test_primary_only_reason_and_its_rank() -> None:
+    assert Reason.PRIMARY_ONLY_FUNCTION.value == "primary_only_function"
+    c = Classifier(volatility=lambda name: "s")
+    assert c.classify("SELECT txid_current(), nextval('s')").reason is Reason.SEQUENCE_FUNCTION
+    assert c.classify("SELECT txid_current(), pg_notify('c', 'x')").reason is (
+        Reason.PRIMARY_ONLY_FUNCTION
+    )
+    assert c.classify("SELECT txid_current() FOR UPDATE").reason is Reason.SELECT_FOR_LOCK
+    assert classify("SELECT txid_current(), mystery()").reason is Reason.PRIMARY_ONLY_FUNCTION
+    assert classify("/* dbbalancer:replica */ SELECT txid_current()").read_only is False
+
+
+def test_explain_of_a_primary_only_function_goes_to_the_primary() -> None:
+    """The planner folds pg_walfile_name('0/0') and a standby refuses it: no EXPLAIN there."""
+    c = classify("EXPLAIN SELECT pg_walfile_name('0/0')")
+    assert (c.kind, c.reason, c.read_only) == (
+        StatementKind.WRITE,
+        Reason.PRIMARY_ONLY_FUNCTION,
+        False,
+    )
+    assert classify("EXPLAIN SELECT pg_catalog.txid_current()").read_only is False
+    assert classify("EXPLAIN SELECT lower('a')").reason is Reason.EXPLAIN
+    analyzed = classify("EXPLAIN ANALYZE SELECT txid_current()")
+    assert analyzed.reason is Reason.EXPLAIN_ANALYZE_WRITE
+
+
+def test_functions_a_standby_accepts_stay_reads() -> None:
+    """A standby answers these (NULL, no xid assigned there): pg_proc's volatility decides."""
+    c = Classifier(volatility=lambda name: "s")
+    for sql in (
+        "SELECT txid_current_if_assigned()",
+        "SELECT pg_current_xact_id_if_assigned()",
+        "SELECT pg_current_snapshot(), txid_current_snapshot()",
+        "SELECT pg_last_wal_replay_lsn()",
+    ):
+        assert c.classify(sql).read_only, sql
+
+
+def test_primary_only_functions_are_on_no_allow_list() -> None:
+    assert not _PRIMARY_ONLY_FUNCS & (_SAFE_BUILTINS | _REPLICA_SAFE_VOLATILE)
 
 
 def test_set_volatility_clears_function_dependent_cache_entries() -> None:

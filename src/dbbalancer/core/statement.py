@@ -44,6 +44,7 @@ class Reason(enum.Enum):
     WRITING_CTE = "writing_cte"
     SELECT_INTO = "select_into"
     SEQUENCE_FUNCTION = "sequence_function"
+    PRIMARY_ONLY_FUNCTION = "primary_only_function"
     ADVISORY_LOCK = "advisory_lock"
     VOLATILE_FUNCTION = "volatile_function"
     UNKNOWN_FUNCTION = "unknown_function"

@@ -61,7 +61,10 @@ Decisions worth knowing:
   built-in allow-list of immutable/stable catalog functions.  A few functions are volatile in
   ``pg_proc`` but harmless on a standby and are always reads: ``pg_sleep*`` (health checks use
   it), ``random``, ``gen_random_uuid``, ``clock_timestamp``, ``timeofday`` and the recovery
-  functions (``pg_is_in_recovery``, ``pg_last_wal_replay_lsn``...).
+  functions (``pg_is_in_recovery``, ``pg_last_wal_replay_lsn``...).  The other way round, a
+  standby refuses some functions that are not volatile (``txid_current`` is STABLE,
+  ``pg_walfile_name`` IMMUTABLE) along with the WAL position and large-object creation functions;
+  these always go to the primary (``Reason.PRIMARY_ONLY_FUNCTION``), whatever the lookup says.
 * Writes hidden behind operators, views, triggers-on-select rules or type input functions are not
   visible in the text; when a standby refuses such a statement (SQLSTATE 25006) the proxy calls
   :meth:`Classifier.remember_write` and that statement template is a write from then on.
@@ -249,6 +252,25 @@ _ADVISORY_XACT: Final = frozenset(
 )
 _ADVISORY_UNLOCK: Final = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared"})
 
+# A hot standby refuses these whatever pg_proc says of their volatility (txid_current is STABLE,
+# pg_walfile_name IMMUTABLE): they assign a transaction ID or an OID, need the WAL insert
+# position or timeline, or touch replication origins.  Always the primary, before any lookup.
+# tests/integration/test_pg_standby_functions.py calls them on a real standby to keep this true.
+_PRIMARY_ONLY_FUNCS: Final = _words(
+    """
+    txid_current pg_current_xact_id
+    lo_create lo_creat lo_import lo_from_bytea
+    pg_current_wal_lsn pg_current_wal_insert_lsn pg_current_wal_flush_lsn pg_switch_wal
+    pg_create_restore_point pg_walfile_name pg_walfile_name_offset pg_log_standby_snapshot
+    pg_logical_emit_message
+    pg_replication_origin_oid pg_replication_origin_create pg_replication_origin_drop
+    pg_replication_origin_advance pg_replication_origin_session_setup
+    pg_replication_origin_session_reset pg_replication_origin_session_is_setup
+    pg_replication_origin_session_progress pg_replication_origin_xact_setup
+    pg_replication_origin_xact_reset
+    """
+)
+
 # Volatile in pg_proc, but safe (and useful) on a hot standby.
 _REPLICA_SAFE_VOLATILE: Final = _words(
     """
@@ -341,6 +363,7 @@ _KNOWN_FUNCS: Final = (
     _SAFE_BUILTINS
     | _REPLICA_SAFE_VOLATILE
     | _SEQUENCE_FUNCS
+    | _PRIMARY_ONLY_FUNCS
     | _ADVISORY_SESSION
     | _ADVISORY_XACT
     | _ADVISORY_UNLOCK
@@ -370,6 +393,7 @@ _WRITE_RANK: Final = {
             Reason.SELECT_INTO,
             Reason.SELECT_FOR_LOCK,
             Reason.SEQUENCE_FUNCTION,
+            Reason.PRIMARY_ONLY_FUNCTION,
             Reason.ADVISORY_LOCK,
             Reason.LISTEN_NOTIFY,
             Reason.VOLATILE_FUNCTION,
@@ -957,6 +981,9 @@ class Classifier:
                 if base in _SEQUENCE_FUNCS:
                     calls.write(Reason.SEQUENCE_FUNCTION)
                     continue
+                if base in _PRIMARY_ONLY_FUNCS:
+                    calls.write(Reason.PRIMARY_ONLY_FUNCTION)
+                    continue
                 if base in _ADVISORY_SESSION:
                     calls.write(Reason.ADVISORY_LOCK)
                     calls.pins.append(PinReason.ADVISORY_LOCK)
@@ -1091,6 +1118,12 @@ class Classifier:
             d = opt.get("DefElem", {})
             if d.get("defname") in ("analyze", "analyse"):
                 analyze = _defelem_bool(d.get("arg"), ctx)
+        if not analyze and any(_base_name(f) in _PRIMARY_ONLY_FUNCS for f in inner.functions):
+            # The planner folds immutable calls with constant arguments: a standby refuses
+            # EXPLAIN SELECT pg_walfile_name('0/0') without running anything.
+            return Classification(
+                _WRITE, Reason.PRIMARY_ONLY_FUNCTION, False, functions=inner.functions, inner=inner
+            )
         if not analyze or (inner.kind is _READ and inner.read_only):
             return Classification(
                 _READ, Reason.EXPLAIN, True, functions=inner.functions, inner=inner

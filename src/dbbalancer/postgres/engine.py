@@ -762,15 +762,20 @@ class Engine:
     def _refuse(self, frame: Frame, sqlstate: str, message: str, hint: str) -> None:
         """Answer a client request with an error, as the server would, without sending it."""
         error = codec.error_response(sqlstate, message, severity="ERROR", hint=hint)
+        server = self.server
         if frame.type == b"Q":
-            if self.server is not None:
-                self.server.tracker.synthesize(error + READY_IDLE, self._to_client)
+            if server is not None:
+                # The ReadyForQuery comes from the server (a Sync is answered with one), so the
+                # unit ends as usual and the transaction status is the server's.
+                server.tracker.synthesize(error, self._to_client)
+                self._to_server.append(SYNC)
+                server.tracker.expect(Request.SYNC)
             else:
                 self._to_client.append(error + READY_IDLE)
         else:
             # Extended protocol: the error, then the server would skip to the next Sync.
-            if self.server is not None:
-                self.server.tracker.synthesize(error, self._to_client)
+            if server is not None:
+                server.tracker.synthesize(error, self._to_client)
             else:
                 self._to_client.append(error)
 

@@ -187,12 +187,16 @@ def test_currval_before_any_nextval_fails_as_on_a_direct_connection(
 ) -> None:
     with psycopg.connect(dsn(one_conn), autocommit=True) as other:
         other.execute("INSERT INTO ss_ids (v) VALUES (3)")  # leaves its state on the connection
-    with psycopg.connect(direct_dsn(prepared), autocommit=True) as direct:
-        with pytest.raises(psycopg.Error) as want:
-            direct.execute("SELECT lastval()")
-    with psycopg.connect(dsn(one_conn), autocommit=True) as fresh:
-        with pytest.raises(psycopg.Error) as got:
-            fresh.execute("SELECT lastval()")
+    with (
+        psycopg.connect(direct_dsn(prepared), autocommit=True) as direct,
+        pytest.raises(psycopg.Error) as want,
+    ):
+        direct.execute("SELECT lastval()")
+    with (
+        psycopg.connect(dsn(one_conn), autocommit=True) as fresh,
+        pytest.raises(psycopg.Error) as got,
+    ):
+        fresh.execute("SELECT lastval()")
     assert got.value.sqlstate == want.value.sqlstate == "55000"
     assert str(got.value) == str(want.value)
 

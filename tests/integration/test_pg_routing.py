@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,11 +17,17 @@ from psycopg.conninfo import make_conninfo
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.configs import cluster_config
-from dbbalancer.testing.pgcluster import PgCluster
+from dbbalancer.testing.delayproxy import DelayProxy
+from dbbalancer.testing.pgcluster import PgCluster, PgNode
 
 
 def config_text(
-    cluster: PgCluster, *, mode: str = "transaction", extra: str = "", weights: str = ""
+    cluster: PgCluster,
+    *,
+    mode: str = "transaction",
+    extra: str = "",
+    weights: str = "",
+    addresses: dict[str, str] | None = None,
 ) -> str:
     names = [n.name for n in cluster.replicas]
     weight_of = dict(zip(names, map(int, weights.split(",")), strict=False)) if weights else {}
@@ -27,11 +37,12 @@ def config_text(
         pool_size=8,
         split=True,
         weights=weight_of,
+        addresses=addresses,
         extra='health_check_interval = "200ms"\n' + extra,
     )
 
 
-def start(cluster: PgCluster, **kwargs: str) -> BalancerThread:
+def start(cluster: PgCluster, **kwargs: Any) -> BalancerThread:
     """A balancer whose health monitor already sees every running replica as eligible."""
     balancer = BalancerThread(parse_config(config_text(cluster, **kwargs))).start()
     deadline = time.monotonic() + 10
@@ -153,66 +164,96 @@ def test_replica_hint_and_immutable_functions(split: BalancerThread, pg_cluster:
         assert port_of(conn, hinted) == pg_cluster.primary.port
 
 
+# When the replica refuses: an IMMUTABLE function with constant arguments is run by the planner,
+# before the RowDescription goes out; a STABLE one runs in the executor, after it.
+REFUSED_WHILE = {"planning": "IMMUTABLE", "executing": "STABLE"}
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
+@pytest.mark.parametrize("refused", sorted(REFUSED_WHILE))
 def test_read_only_refusal_is_retried_on_the_primary(
-    split: BalancerThread, pg_cluster: PgCluster
+    split: BalancerThread, pg_cluster: PgCluster, refused: str, protocol: str
 ) -> None:
-    # Mislabelled as IMMUTABLE: the catalog says read, but nextval() writes.
+    # Mislabelled on purpose: the catalog says read, but nextval() writes. The function logs
+    # where it ran, so the server logs show which servers saw each attempt.
+    name = f"rw_liar_{refused}_{protocol}"
     pg_cluster.sql(
         pg_cluster.primary,
-        "CREATE OR REPLACE FUNCTION rw_liar() RETURNS bigint LANGUAGE plpgsql IMMUTABLE "
-        "AS $$ BEGIN RETURN nextval('rw_seq'); END $$",
+        f"CREATE SEQUENCE {name}_seq; GRANT ALL ON SEQUENCE {name}_seq TO app; "
+        f"CREATE FUNCTION {name}(tag text) RETURNS bigint LANGUAGE plpgsql "
+        f"{REFUSED_WHILE[refused]} AS $$ BEGIN "
+        "RAISE LOG 'rw_liar % ran on port %', tag, inet_server_port(); "
+        f"RETURN nextval('{name}_seq'); END $$",
     )
-    pg_cluster.wait_streaming()
+    wait_replayed(pg_cluster, f"SELECT to_regproc('{name}') IS NOT NULL")
+    # DDL from outside the balancer: have it reload function volatility, and wait until the
+    # call classifies as a read (else the test would not reach a replica at all).
+    assert split.app.pg is not None
+    service = split.app.pg
+    split.call(lambda: service.poke_volatility("main"))
+    classifier = service.classifier("main")
     deadline = time.monotonic() + 10
-    with psycopg.connect(dsn(split), autocommit=True) as conn:
-        # Wait until the catalog reload has seen the function (DDL from outside the balancer).
-        while True:
-            port = port_of(conn, "/* probe */ SELECT inet_server_port(), lower('rw_liar')")
-            assert port
-            try:
-                row = conn.execute("SELECT inet_server_port(), rw_liar()").fetchone()
-            except psycopg.Error as exc:  # pragma: no cover - shown if the retry is broken
-                pytest.fail(f"the read-only refusal reached the client: {exc}")
-            assert row is not None
-            assert int(str(row[0])) == pg_cluster.primary.port
-            if time.monotonic() > deadline:
-                break
-            if split.call(lambda: _learnt(split, "rw_liar")):
-                break
-            time.sleep(0.2)
-        # Learnt as a write: it now goes straight to the primary.
-        row = conn.execute("SELECT inet_server_port(), rw_liar()").fetchone()
+    while not split.call(lambda: classifier.classify(f"SELECT 1, {name}('x')").read_only):
+        assert time.monotonic() < deadline, f"{name} was never classified as a read"
+        time.sleep(0.05)
+
+    def call(conn: psycopg.Connection[tuple[object, ...]], tag: str) -> tuple[int, int]:
+        if protocol == "simple":  # no parameters: psycopg sends a simple Query
+            cur = conn.execute(f"SELECT inet_server_port(), {name}('{tag}')")
+        else:
+            cur = conn.execute(f"SELECT inet_server_port(), {name}(%s)", (tag,))
+        row = cur.fetchone()
         assert row is not None
-        assert int(str(row[0])) == pg_cluster.primary.port
+        return int(str(row[0])), int(str(row[1]))
+
+    def ran_on(tag: str) -> set[int]:
+        found = set()
+        for node in pg_cluster.nodes:
+            text = node.log_file.read_text(encoding="utf-8", errors="replace")
+            if f"rw_liar {tag} ran on port {node.port}" in text:
+                found.add(node.port)
+        return found
+
+    replicas = {node.port for node in pg_cluster.replicas}
+    primary = pg_cluster.primary.port
+    # prepared: psycopg prepares (named Parse) on the first execution; extended: unnamed.
+    threshold = 0 if protocol == "prepared" else None
+    with psycopg.connect(dsn(split), autocommit=True, prepare_threshold=threshold) as conn:
+        first = f"a{uuid.uuid4().hex[:12]}"
+        try:
+            port, value = call(conn, first)
+        except psycopg.Error as exc:
+            pytest.fail(f"the read-only refusal reached the client: {exc!r}")
+        assert port == primary
+        assert value == 1  # one nextval, on the primary
+        attempts = ran_on(first)
+        assert attempts & replicas, "the first attempt never reached a replica"
+        assert attempts == {primary} | (attempts & replicas)
+        assert len(attempts & replicas) == 1, "retried on another replica"
+        # Learnt as a write: the next call goes straight to the primary.
+        second = f"b{uuid.uuid4().hex[:12]}"
+        assert call(conn, second) == (primary, 2)
+        assert ran_on(second) == {primary}
 
 
-def _learnt(balancer: BalancerThread, function: str) -> bool:
-    assert balancer.app.pg is not None
-    classifier = balancer.app.pg.classifier("main")
-    return classifier.classify(f"SELECT 1, {function}()").read_only is False
+def wait_replayed(cluster: PgCluster, check: str, timeout: float = 15.0) -> None:
+    """Wait until the boolean query `check` is true on every replica (DDL replayed)."""
+    deadline = time.monotonic() + timeout
+    for node in cluster.replicas:
+        while cluster.sql(node, check) != [("t",)]:
+            assert time.monotonic() < deadline, f"{node.name} did not replay: {check}"
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
-    ("policy", "weights"),
-    [
-        ("round_robin", ""),
-        ("weighted", "3,1"),
-        ("random", ""),
-        ("least_connections", ""),
-        ("least_latency", ""),
-        ("least_load", ""),
-    ],
+    ("policy", "weights"), [("round_robin", ""), ("weighted", "3,1"), ("random", "")]
 )
-def test_balancing_policies(pg_cluster: PgCluster, policy: str, weights: str) -> None:
+def test_static_balancing_policies(pg_cluster: PgCluster, policy: str, weights: str) -> None:
     # No lag limit: a replica that replays a little late must not skew the counts.
     extra = f'balance = "{policy}"\nmax_replica_lag = []'
     balancer = start(pg_cluster, extra=extra, weights=weights)
     try:
-        # prepare_threshold=None: psycopg's automatic Parse+Sync would be a unit of its own.
-        with psycopg.connect(dsn(balancer), autocommit=True, prepare_threshold=None) as conn:
-            counts = collections.Counter(
-                port_of(conn, "SELECT inet_server_port()") for _ in range(40)
-            )
+        counts = read_ports(balancer, 40)
     finally:
         balancer.stop()
     first, second = (node.port for node in pg_cluster.replicas)
@@ -226,6 +267,101 @@ def test_balancing_policies(pg_cluster: PgCluster, policy: str, weights: str) ->
     elif policy == "random":
         assert counts[first] > 0
         assert counts[second] > 0
+
+
+def read_ports(balancer: BalancerThread, n: int) -> collections.Counter[int]:
+    """Run `n` autocommit reads one after the other; count the ports that answered."""
+    # prepare_threshold=None: psycopg's automatic Parse+Sync would be a unit of its own.
+    with psycopg.connect(dsn(balancer), autocommit=True, prepare_threshold=None) as conn:
+        return collections.Counter(port_of(conn, "SELECT inet_server_port()") for _ in range(n))
+
+
+def runtime_of(balancer: BalancerThread):  # type: ignore[no-untyped-def]
+    assert balancer.app.pg is not None
+    cluster = balancer.app.pg.cluster("main")
+    assert cluster is not None
+    return cluster.runtime
+
+
+def test_least_connections_avoids_the_replica_with_busy_connections(
+    pg_cluster: PgCluster,
+) -> None:
+    busy, idle = pg_cluster.replicas
+    balancer = start(pg_cluster, extra='balance = "least_connections"\nmax_replica_lag = []')
+    monitor = runtime_of(balancer).monitor
+    held: list[psycopg.Connection[tuple[object, ...]]] = []
+    try:
+        # Three read-only transactions left open on `busy` hold three of its connections (the
+        # other replica is banned meanwhile so that they all land there).
+        balancer.call(lambda: monitor.ban(idle.name))
+        for _ in range(3):
+            conn = psycopg.connect(dsn(balancer), prepare_threshold=None)
+            held.append(conn)
+            conn.read_only = True
+            assert port_of(conn, "SELECT inet_server_port()") == busy.port
+        balancer.call(lambda: monitor.unban(idle.name))
+        deadline = time.monotonic() + 10
+        while idle.name not in split_replicas(balancer):
+            assert time.monotonic() < deadline, "the unbanned replica did not come back"
+            time.sleep(0.05)
+        counts = read_ports(balancer, 20)
+    finally:
+        for conn in held:
+            conn.close()
+        balancer.stop()
+    assert counts == {idle.port: 20}
+
+
+def test_least_latency_avoids_the_slow_replica(pg_cluster: PgCluster) -> None:
+    slow, fast = pg_cluster.replicas
+    # Every answer from `slow` is held 50 ms by a relay on loopback: probes and queries alike.
+    with DelayProxy((slow.host, slow.port), delay=0.05) as relay:
+        balancer = start(
+            pg_cluster,
+            extra='balance = "least_latency"\nmax_replica_lag = []',
+            addresses={slow.name: relay.address()},
+        )
+        try:
+            read_ports(balancer, 10)  # measure both
+            counts = read_ports(balancer, 30)
+        finally:
+            balancer.stop()
+    assert set(counts) <= {slow.port, fast.port}
+    # Round robin would send it 15 of the 30.
+    assert counts[slow.port] <= 3, counts
+
+
+def test_least_load_avoids_the_busy_replica(pg_cluster: PgCluster) -> None:
+    busy, idle = pg_cluster.replicas
+    balancer = start(pg_cluster, extra='balance = "least_load"\nmax_replica_lag = []')
+    monitor = runtime_of(balancer).monitor
+    sleepers = [psycopg.connect(pg_cluster.dsn(busy), autocommit=True) for _ in range(3)]
+    threads: list[threading.Thread] = []
+    try:
+        # Three statements running on `busy`, outside the balancer: the probe counts them.
+        for conn in sleepers:
+            thread = threading.Thread(target=_sleep_until_cancelled, args=(conn,))
+            thread.start()
+            threads.append(thread)
+        deadline = time.monotonic() + 10
+        while (balancer.call(lambda: monitor.server_status(busy.name).load) or 0) < 3:
+            assert time.monotonic() < deadline, "the probe never saw the busy replica's load"
+            time.sleep(0.05)
+        counts = read_ports(balancer, 20)
+    finally:
+        for conn in sleepers:
+            conn.cancel_safe()
+        for thread in threads:
+            thread.join(15)
+        for conn in sleepers:
+            conn.close()
+        balancer.stop()
+    assert counts == {idle.port: 20}
+
+
+def _sleep_until_cancelled(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    with contextlib.suppress(psycopg.errors.QueryCanceled):
+        conn.execute("SELECT pg_sleep(30)")
 
 
 def test_replica_fallback_error_and_primary(pg_cluster_factory: object) -> None:
@@ -262,29 +398,160 @@ def split_replicas(balancer: BalancerThread) -> list[str]:
     return balancer.call(names)
 
 
-def test_lagging_replica_is_skipped_and_read_your_writes(pg_cluster_factory: object) -> None:
-    from collections.abc import Callable
+@pytest.fixture(scope="module")
+def delayed() -> Iterator[PgCluster]:
+    """A primary and one replica that applies every commit 2 s late, with a table `ryw`."""
+    cluster = PgCluster(replicas=1, replica_apply_delay={0: "2s"})
+    try:
+        cluster.start()
+        cluster.sql(
+            cluster.primary, "CREATE TABLE ryw (id int PRIMARY KEY); GRANT ALL ON ryw TO app"
+        )
+        wait_replayed(cluster, "SELECT to_regclass('ryw') IS NOT NULL")
+        yield cluster
+    finally:
+        cluster.stop()
 
-    assert callable(pg_cluster_factory)
-    make: Callable[..., PgCluster] = pg_cluster_factory
-    cluster = make(replicas=2, replica_apply_delay={1: "3s"})
-    delayed = cluster.replicas[1]
-    cluster.sql(cluster.primary, "CREATE TABLE ryw (id int PRIMARY KEY); GRANT ALL ON ryw TO app")
-    time.sleep(3.5)  # let the delayed replica replay the table
-    balancer = start(cluster, extra='max_replica_lag = "500ms"\nread_your_writes = true')
+
+def test_lagging_replica_is_skipped(delayed: PgCluster) -> None:
+    replica = delayed.replicas[0]
+    balancer = start(delayed, extra='max_replica_lag = "500ms"')
     try:
         with psycopg.connect(dsn(balancer), autocommit=True) as conn:
-            conn.execute("INSERT INTO ryw VALUES (0)")
-            time.sleep(1.0)  # two probe rounds: the delayed replica now shows its lag
-            ports = [port_of(conn, "SELECT inet_server_port()") for _ in range(20)]
-            assert delayed.port not in ports
-            # Read-your-writes: every insert is visible to the next read, whatever the lag.
-            for i in range(1, 201):
-                conn.execute("INSERT INTO ryw VALUES (%s)", (i,))
-                row = conn.execute("SELECT count(*) FROM ryw WHERE id = %s", (i,)).fetchone()
-                assert row == (1,), f"iteration {i}: own write not visible"
+            assert port_of(conn, "SELECT inet_server_port()") == replica.port
+            conn.execute("INSERT INTO ryw VALUES (-1)")
+            # The probes see the replica fall behind by more than the limit.
+            deadline = time.monotonic() + 10
+            while split_replicas(balancer):
+                assert time.monotonic() < deadline, "the lagging replica stayed eligible"
+                time.sleep(0.05)
+            ports = {port_of(conn, "SELECT inet_server_port()") for _ in range(10)}
+            assert ports == {delayed.primary.port}
     finally:
         balancer.stop()
+
+
+@pytest.mark.parametrize("ryw", [True, False])
+def test_read_your_writes_with_a_delayed_replica(delayed: PgCluster, ryw: bool) -> None:
+    """No lag limit: the replica that replays 2 s late stays eligible for reads, so only
+    read-your-writes keeps a client's read after its own write off that replica."""
+    replica = delayed.replicas[0]
+    setting = "true" if ryw else "false"
+    balancer = start(delayed, extra=f"max_replica_lag = []\nread_your_writes = {setting}")
+    base = 1000 if ryw else 2000
+    stale: list[int] = []
+    try:
+        with psycopg.connect(dsn(balancer), autocommit=True, prepare_threshold=None) as conn:
+            # Before any write, reads go to the delayed replica.
+            assert port_of(conn, "SELECT inet_server_port()") == replica.port
+            for i in range(base, base + (40 if ryw else 10)):
+                conn.execute("INSERT INTO ryw VALUES (%s)", (i,))
+                row = conn.execute("SELECT count(*) FROM ryw WHERE id = %s", (i,)).fetchone()
+                if row != (1,):
+                    stale.append(i)
+                    if not ryw:
+                        break
+                # The delayed replica is eligible all along: nothing but read-your-writes
+                # stands between the read and stale data.
+                assert split_replicas(balancer) == [replica.name]
+    finally:
+        balancer.stop()
+    if ryw:
+        assert stale == [], f"own writes not visible: {stale[:5]}"
+    else:
+        # Without it the same reads do see stale data: the test above is not vacuous.
+        assert stale, "the delayed replica never served a stale read"
+
+
+def test_cancel_stops_pg_sleep_on_a_replica(split: BalancerThread, pg_cluster: PgCluster) -> None:
+    tag = f"c{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn(split), autocommit=True) as conn:
+        outcome: list[BaseException | None] = []
+        sleeper = threading.Thread(
+            target=_run, args=(conn, f"SELECT pg_sleep(20) /* {tag} */", outcome)
+        )
+        sleeper.start()
+        try:
+            node, _ = running(pg_cluster, tag)
+            assert node in pg_cluster.replicas
+            conn.cancel_safe()
+        finally:
+            sleeper.join(15)  # hang guard
+        assert not sleeper.is_alive(), "pg_sleep was not cancelled"
+        assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_cancel_from_an_idle_client_never_hits_another_clients_statement(
+    pg_cluster: PgCluster,
+) -> None:
+    """Transaction pooling with splitting: two clients take turns on one replica connection;
+    a cancel from the one with nothing running must not stop the other's statement there."""
+    target, other = pg_cluster.replicas
+    text = config_text(pg_cluster, extra="max_replica_lag = []").replace(
+        "pool_size = 8", "pool_size = 1"
+    )
+    balancer = BalancerThread(parse_config(text)).start()
+    monitor = runtime_of(balancer).monitor
+    tag = f"i{uuid.uuid4().hex[:12]}"
+    try:
+        balancer.call(lambda: monitor.ban(other.name))  # every read to `target`'s connection
+        with (
+            psycopg.connect(dsn(balancer), autocommit=True) as idle,
+            psycopg.connect(dsn(balancer), autocommit=True) as busy,
+        ):
+            row = idle.execute("SELECT pg_backend_pid(), inet_server_port()").fetchone()
+            assert row is not None
+            idle_pid, port = int(str(row[0])), int(str(row[1]))
+            assert port == target.port
+            outcome: list[BaseException | None] = []
+            sleeper = threading.Thread(
+                target=_run, args=(busy, f"SELECT pg_sleep(20) /* {tag} */", outcome)
+            )
+            sleeper.start()
+            try:
+                node, pid = running(pg_cluster, tag)
+                # The busy client runs on the very backend the idle client used last.
+                assert (node, pid) == (target, idle_pid)
+                idle.cancel_safe()  # returns once the balancer has handled the request
+                time.sleep(0.5)
+                assert sleeper.is_alive()
+                assert running(pg_cluster, tag) == (target, pid), "the other statement stopped"
+                busy.cancel_safe()
+            finally:
+                sleeper.join(15)  # hang guard
+            assert not sleeper.is_alive()
+            assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+            assert idle.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        balancer.stop()
+
+
+def _run(
+    conn: psycopg.Connection[tuple[object, ...]], sql: str, outcome: list[BaseException | None]
+) -> None:
+    try:
+        conn.execute(sql)
+    except BaseException as exc:
+        outcome.append(exc)
+    else:
+        outcome.append(None)
+
+
+def running(cluster: PgCluster, tag: str, timeout: float = 10.0) -> tuple[PgNode, int]:
+    """The node and backend pid running the statement that contains `tag` (waits for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for node in cluster.nodes:
+            rows = cluster.sql(
+                node,
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+                f"AND pid <> pg_backend_pid() AND query LIKE '%{tag}%'",
+            )
+            if rows:
+                return node, int(str(rows[0][0]))
+        assert time.monotonic() < deadline, f"no server runs the statement {tag}"
+        time.sleep(0.05)
 
 
 def test_pipeline_with_a_write_after_a_read_runs_on_the_primary(

@@ -14,6 +14,7 @@ def cluster_config(
     split: bool = False,
     roles: str = "configured",
     weights: dict[str, int] | None = None,
+    addresses: dict[str, str] | None = None,
     users: str = "",
     extra: str = "",
 ) -> str:
@@ -21,6 +22,7 @@ def cluster_config(
 
     `roles = "configured"` writes primary/replica as started; `"auto"` lets the probes decide.
     `users` adds [[users]] tables after the cluster's own user; `extra` adds cluster keys.
+    `addresses` replaces the address of the servers it names (e.g. with a relay in front).
     """
     servers = []
     for node in cluster.nodes:
@@ -29,7 +31,7 @@ def cluster_config(
         lines = [
             "[[clusters.servers]]",
             f'name = "{node.name}"',
-            f'address = "{node.address()}"',
+            f'address = "{(addresses or {}).get(node.name, node.address())}"',
             f'role = "{role}"',
         ]
         if weights and node.name in weights:

@@ -15,6 +15,7 @@ state is gone, or is refused when the cluster says session_state = "error".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import struct
@@ -382,6 +383,11 @@ class Engine:
                 return None
             if kind == b"P" and sql is None:
                 sql = parse_fields(frame)[1]
+            elif kind == b"B" and sql is None:
+                start, end = bind_statement(frame)
+                bound = self.prepared.get(frame.data[start:end].decode(errors="replace"))
+                if bound is not None:
+                    sql = bound.query
         return None
 
     def _attach_home(self, home: ServerConnection) -> None:
@@ -1028,8 +1034,14 @@ class Engine:
 
     def _retry_on_primary(self, server: ServerConnection, unit: _Unit) -> None:
         """A replica refused a read as read-only (25006): re-run it on the primary."""
-        if unit.retry_sql:
-            self.classifier.remember_write(unit.retry_sql)
+        sql = unit.retry_sql
+        if sql:
+            self.classifier.remember_write(sql)
+            # The client's prepared statements of that text route by what was just learnt.
+            learnt = self.classifier.classify(sql)
+            for name, stmt in list(self.prepared.items()):
+                if stmt.query == sql:
+                    self.prepared[name] = dataclasses.replace(stmt, classification=learnt)
         log.info(
             "%r: replica %s refused a read as read-only; retrying on the primary",
             self.session,

@@ -125,25 +125,40 @@ def test_asyncpg_pool_prepared_statements(tx_balancer: BalancerThread) -> None:
     assert asyncio.run(run()) == [i * 10 for i in range(200)]
 
 
-def test_psycopg_prepare_threshold_zero(tx_balancer: BalancerThread) -> None:
-    with psycopg.connect(dsn(tx_balancer), autocommit=True, prepare_threshold=0) as conn:
-        for i in range(20):
-            assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
-        with conn.transaction():
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS tp (x int)")
-            conn.execute("INSERT INTO tp VALUES (%s)", (1,))
-    with psycopg.connect(dsn(tx_balancer), prepare_threshold=0) as conn:
-        for i in range(5):
-            assert conn.execute("SELECT %s::text", (str(i),)).fetchone() == (str(i),)
-            conn.commit()
+def backend_pid(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(str(row[0]))
 
 
-def test_sql_level_prepare_and_execute(tx_balancer: BalancerThread) -> None:
-    with psycopg.connect(dsn(tx_balancer), autocommit=True) as conn:
-        conn.execute("PREPARE twice(int) AS SELECT $1 * 2")
-        for i in range(5):
-            assert conn.execute(f"EXECUTE twice({i})").fetchone() == (i * 2,)
-        conn.execute("DEALLOCATE twice")
+def test_psycopg_prepare_threshold_zero(pg_cluster: PgCluster) -> None:
+    """Named statements are parsed again, and settings replayed, on provably another server
+    connection: with pool_size = 2, holders in open transactions leave the client exactly one
+    idle connection, first one and then the other."""
+    balancer = start(pg_cluster, mode="transaction", pool_size=2)
+    query = "SELECT %s::int + 1, pg_backend_pid(), current_setting('statement_timeout')"
+    try:
+        with psycopg.connect(dsn(balancer), autocommit=True, prepare_threshold=0) as conn:
+            conn.execute("SET statement_timeout = '4321ms'")
+            with psycopg.connect(dsn(balancer)) as first_holder:
+                first_held = backend_pid(first_holder)
+                row = conn.execute(query, (1,)).fetchone()
+                assert row is not None
+                used = row[1]
+                assert row == (2, used, "4321ms")
+                assert used != first_held
+                with psycopg.connect(dsn(balancer)) as second_holder:
+                    assert backend_pid(second_holder) == used
+                    first_holder.rollback()  # its connection is now the only idle one
+                    # Bind alone from the client: the balancer must Parse it there first.
+                    assert conn.execute(query, (2,)).fetchone() == (3, first_held, "4321ms")
+                    second_holder.rollback()
+        with psycopg.connect(dsn(balancer), prepare_threshold=0) as conn:
+            for i in range(5):
+                assert conn.execute("SELECT %s::text", (str(i),)).fetchone() == (str(i),)
+                conn.commit()
+    finally:
+        balancer.stop()
 
 
 def test_set_statement_timeout_stays_with_its_client(
@@ -185,25 +200,6 @@ def test_set_rolled_back_does_not_stick(tx_balancer: BalancerThread) -> None:
         conn.rollback()
         conn.autocommit = True
         assert conn.execute("SHOW application_name").fetchone() != ("in-tx",)
-
-
-def test_temp_table_advisory_lock_and_listen_pin(
-    tx_balancer: BalancerThread, pg_cluster: PgCluster
-) -> None:
-    with psycopg.connect(dsn(tx_balancer), autocommit=True) as conn:
-        conn.execute("CREATE TEMP TABLE pinned_t (x int)")
-        for i in range(5):
-            conn.execute("INSERT INTO pinned_t VALUES (%s)", (i,))
-        assert conn.execute("SELECT count(*) FROM pinned_t").fetchone() == (5,)
-        conn.execute("SELECT pg_advisory_lock(4242)")
-        with psycopg.connect(dsn(tx_balancer), autocommit=True) as other:
-            assert other.execute("SELECT pg_try_advisory_lock(4242)").fetchone() == (False,)
-        assert conn.execute("SELECT pg_advisory_unlock(4242)").fetchone() == (True,)
-        conn.execute("LISTEN pool_channel")
-        with psycopg.connect(dsn(tx_balancer), autocommit=True) as other:
-            other.execute("NOTIFY pool_channel, 'hi'")
-        received = [(n.channel, n.payload) for n in conn.notifies(timeout=5, stop_after=1)]
-        assert received == [("pool_channel", "hi")]
 
 
 def test_session_state_error_policy_refuses(pg_cluster: PgCluster) -> None:

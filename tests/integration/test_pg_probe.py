@@ -139,7 +139,7 @@ def test_monitor_follows_failover(pg_cluster_factory: ClusterFactory) -> None:
     # Fixed roles: following the promotion of a configured replica is the harder path.
     servers = [as_server(old, ServerRole.PRIMARY), as_server(new, ServerRole.REPLICA)]
 
-    async def main() -> tuple[HealthMonitor, float]:
+    async def main() -> HealthMonitor:
         prober = prober_for(cluster)
         monitor = HealthMonitor("failover", servers, prober, interval=0.2, timeout=2.0)
         loop = asyncio.get_running_loop()
@@ -152,19 +152,18 @@ def test_monitor_follows_failover(pg_cluster_factory: ClusterFactory) -> None:
                     assert first.name == old.name
                     await asyncio.to_thread(cluster.stop_node, old, "immediate")
                     await asyncio.to_thread(cluster.promote, new)
-                    promoted = loop.time()
+                    # How soon is in docs/postgres.md; here only a generous hang guard.
+                    deadline = loop.time() + 30.0
                     while (elected := monitor.primary) is None or elected.name != new.name:
-                        assert loop.time() - promoted < 10.0, monitor.status()
+                        assert loop.time() < deadline, monitor.status()
                         await asyncio.sleep(0.005)
-                    return monitor, loop.time() - promoted
+                    return monitor
                 finally:
                     runner.cancel()
         finally:
             await prober.close()
 
-    monitor, elapsed = run(uvloop.new_event_loop, main)
-    print(f"\npromoted server elected {elapsed * 1000:.0f} ms after promote() returned")
-    assert elapsed < 10.0
+    monitor = run(uvloop.new_event_loop, main)
     promoted = monitor.server_status(new.name)
     assert promoted.role is ObservedRole.PRIMARY
     assert promoted.timeline is not None

@@ -315,11 +315,10 @@ def test_cancel_stops_pg_sleep(balancer: BalancerThread) -> None:
     with psycopg.connect(dsn(balancer), autocommit=True) as conn:
         timer = threading.Timer(0.5, conn.cancel_safe)
         timer.start()
-        started = time.monotonic()
+        # 57014 proves the cancel; an uncancelled pg_sleep would end without it.
         with pytest.raises(errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(30)")
         timer.join()
-        assert time.monotonic() - started < 25
         assert conn.execute("SELECT 2").fetchone() == (2,)
 
 
@@ -361,10 +360,9 @@ def test_slow_login_is_cut_off_while_others_carry_on(pg_cluster: PgCluster, role
     with BalancerThread(parse_config(text)) as quick:
         silent = _raw_client(quick)
         silent.sendall(b"\x00\x00")  # half a length word, then nothing
-        started = time.monotonic()
         with psycopg.connect(dsn(quick), autocommit=True) as good:
             assert good.execute("SELECT 1").fetchone() == (1,)
+        # The balancer's own cut-off says so; the socket timeout is only a hang guard.
         reply = _read_until_closed(silent)
         silent.close()
-        assert time.monotonic() - started < 10
         assert b"in time" in reply

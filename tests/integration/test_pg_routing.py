@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.configs import cluster_config
+from dbbalancer.testing.delayproxy import DelayProxy
 from dbbalancer.testing.pgcluster import PgCluster, PgNode
 
 
@@ -309,6 +310,25 @@ def test_least_connections_avoids_the_replica_with_busy_connections(
             conn.close()
         balancer.stop()
     assert counts == {idle.port: 20}
+
+
+def test_least_latency_avoids_the_slow_replica(pg_cluster: PgCluster) -> None:
+    slow, fast = pg_cluster.replicas
+    # Every answer from `slow` is held 50 ms by a relay on loopback: probes and queries alike.
+    with DelayProxy((slow.host, slow.port), delay=0.05) as relay:
+        balancer = start(
+            pg_cluster,
+            extra='balance = "least_latency"\nmax_replica_lag = []',
+            addresses={slow.name: relay.address()},
+        )
+        try:
+            read_ports(balancer, 10)  # measure both
+            counts = read_ports(balancer, 30)
+        finally:
+            balancer.stop()
+    assert set(counts) <= {slow.port, fast.port}
+    # Round robin would send it 15 of the 30.
+    assert counts[slow.port] <= 3, counts
 
 
 def test_least_load_avoids_the_busy_replica(pg_cluster: PgCluster) -> None:

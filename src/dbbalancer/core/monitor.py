@@ -151,6 +151,7 @@ class HealthMonitor:
         fast_interval: float = 0.075,
         clock: Callable[[], float] = time.monotonic,
         on_transition: Callable[[Transition], None] | None = None,
+        on_latency: Callable[[str, float], None] | None = None,
     ) -> None:
         if not servers:
             raise ValueError(f"cluster {cluster_name}: a health monitor needs at least one server")
@@ -164,6 +165,7 @@ class HealthMonitor:
         ):
             if not value > 0:
                 raise ValueError(f"{what} must be > 0, got {value!r}")
+        self._on_latency = on_latency  # good probes' round trips (least_latency)
         self.cluster_name = cluster_name
         self._prober = prober
         self._interval = interval
@@ -277,6 +279,8 @@ class HealthMonitor:
         transition = entry.health.on_probe(vetted, self._clock())
         if vetted.ok:
             entry.last_good = vetted
+            if self._on_latency is not None and entry.last_latency is not None:
+                self._on_latency(name, entry.last_latency)
         if transition is not None:
             self._report(entry, transition)
         self._reelect()

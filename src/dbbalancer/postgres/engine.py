@@ -123,6 +123,7 @@ class _Unit:
     rows_sent: bool = False  # a DataRow or a completion reached the client: no re-run now
     sealed: bool = False  # a re-runnable read was sent whole: later frames wait for its end
     mark: int = 0  # where its output starts in the engine's client buffer
+    started: float = 0.0  # when a replica unit was sent (least_latency learns from it)
     errors: int = 0
     wrote: bool = False  # ran something that is not a read (read-your-writes)
     exclude: frozenset[str] = frozenset()  # servers that already failed this unit
@@ -471,6 +472,8 @@ class Engine:
         unit.server = server
         unit.pool = pool
         unit.mark = len(self._to_client)
+        if unit.decision.target is Target.REPLICA:
+            unit.started = time.monotonic()
         self.server = server
         server.attach_managed(self)
         self._sync_state(server)
@@ -962,6 +965,10 @@ class Engine:
         elif unit is not None and unit.pool is not None:
             self.server = None
             server.detach()
+            if unit.started:
+                self.cluster.runtime.latency.observe(
+                    server.server.name, time.monotonic() - unit.started
+                )
             if state.pinned_since_release:
                 # Its pins ended, but it held session state: reset it before anyone else gets it.
                 state.pinned_since_release = False

@@ -29,6 +29,11 @@ from dbbalancer.postgres.stream import BoundaryScanner
 log = logging.getLogger(__name__)
 
 
+# Login refusals that say the server is going away or not up yet (admin/crash shutdown, cannot
+# connect now).
+_GOING_AWAY = frozenset(("57P01", "57P02", "57P03"))
+
+
 class ServerError(Exception):
     """The server answered with an ErrorResponse (during login or an internal query)."""
 
@@ -338,6 +343,12 @@ async def connect_server(
         ) from None
     except ProtocolError as bad:
         raise ServerUnavailable(f"server {server.name}: {bad.message}") from bad
+    except ServerError as refused:
+        if refused.sqlstate in _GOING_AWAY:
+            # Shutting down, starting up, in recovery, or terminated: the server, not the
+            # request, is the problem. Reads move to another replica, writes wait for a primary.
+            raise ServerUnavailable(f"server {server.name}: {refused}") from refused
+        raise
     return conn
 
 

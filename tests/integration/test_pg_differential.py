@@ -34,9 +34,6 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from dbbalancer.config import parse_config
 from dbbalancer.testing.balancer import BalancerThread
@@ -48,7 +45,7 @@ pytestmark = pytest.mark.timeout(90)  # hang guard only; a run takes well under 
 SCRIPTS_PATH = Path(__file__).resolve().parents[1] / "data" / "pg_session_scripts.toml"
 
 POOL_SIZE = 2
-CHURNERS = int(__import__("os").environ.get("DT_CHURNERS", "5"))
+CHURNERS = 5
 CHURN_LEASE_SECONDS = 30.0  # churners stop by themselves this long after the last proxied run
 CHURN_PAUSE = (0.01, 0.03)  # seconds a churner pauses between units of work
 STATEMENT_GUARD_SECONDS = 10.0  # a statement still running then is cancelled (hang guard only)
@@ -129,7 +126,7 @@ class Outcome:
             text = f"ERROR {self.sqlstate}: {first_line}"
         else:
             text = " | ".join(
-                f"{tag} {show_rows(rows)}" if rows is not None else f"{tag}"
+                f"{tag or '-'} {show_rows(rows)}" if rows is not None else f"{tag or '-'}"
                 for tag, rows in self.results
             )
         if self.notices:
@@ -258,7 +255,15 @@ async def run_asyncpg(dsn: dict[str, Any], statements: Sequence[str]) -> list[Ou
 
 
 async def run_sqlalchemy(url: str, statements: Sequence[str]) -> list[Outcome]:
-    """SQLAlchemy exposes no command tag: record rows and SQLSTATE."""
+    """SQLAlchemy exposes no command tag: record rows and SQLSTATE.
+
+    Imported here: its asyncio extension needs greenlet (the sqlalchemy[asyncio] extra), and a
+    missing greenlet should fail these cases only, not the whole module.
+    """
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
     outcomes: list[Outcome] = []
     engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:

@@ -104,3 +104,39 @@ def test_cancelled_waiter_leaves_the_queue() -> None:
         assert pool.try_acquire() is held
 
     asyncio.run(main())
+
+
+def test_a_dropped_connection_lets_the_head_waiter_open_a_new_one() -> None:
+    # Two clients wait on a full pool; the connection in use is dropped, not released. The
+    # woken head of the line must open a replacement, although another waiter is behind it.
+    async def main() -> list[int]:
+        pool = make_pool(PoolLimits(size=1))
+        held = await pool.acquire(1.0)
+        served: list[int] = []
+
+        async def wait(i: int) -> None:
+            conn = await pool.acquire(2.0)
+            served.append(i)
+            pool.release(conn)
+
+        tasks = [asyncio.create_task(wait(i)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        pool.release(held, reusable=False)
+        await asyncio.gather(*tasks)
+        return served
+
+    assert asyncio.run(main()) == [0, 1]
+
+
+def test_take_checks_out_that_idle_connection_and_cold_ones_come_last() -> None:
+    async def main() -> None:
+        pool = make_pool(PoolLimits(size=3))
+        a, b = await pool.acquire(1.0), await pool.acquire(1.0)
+        pool.release(a, cold=True)
+        pool.release(b)
+        assert pool.try_acquire() is b  # the cold one stays for its client
+        assert pool.take(a)
+        assert not pool.take(a)  # no longer idle
+        assert pool.stats().active == 2
+
+    asyncio.run(main())

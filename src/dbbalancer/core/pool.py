@@ -156,6 +156,7 @@ class Pool(Generic[C]):
         """
         deadline = self._clock() + wait_limit if wait_limit > 0 else None
         reserve_at = self._clock() + self.limits.reserve_timeout
+        woken = False  # a release or a drop woke this waiter: it is at the head of the line
         while True:
             if self._closed:
                 raise PoolClosed(f"pool {self.key} is closed")
@@ -165,7 +166,10 @@ class Pool(Generic[C]):
             limit = self.limits.size
             if self.limits.reserve_size and self._clock() >= reserve_at:
                 limit += self.limits.reserve_size
-            if self.size < limit and not self._waiters:
+            if self.size < limit and (woken or not self._waiters):
+                # Room to open one. A woken waiter may open it even though others still wait
+                # behind it: when a connection was dropped rather than released, nobody else
+                # would, and the line would wait out its timeout with the pool empty.
                 return await self._open()
             now = self._clock()
             if deadline is not None and now >= deadline:
@@ -182,6 +186,7 @@ class Pool(Generic[C]):
             timer = None if wait_for is None else loop.call_later(max(wait_for, 0.0), _wake, fut)
             try:
                 await fut
+                woken = True
             finally:
                 if timer is not None:
                     timer.cancel()

@@ -111,9 +111,10 @@ class ServerConnection(FramedProtocol):
         self.statements = StatementCache(0)
         self.applied: dict[str, str] = {}  # settings the proxy SET on it, beyond its defaults
         self.unnamed: bytes | None = None  # the Parse behind its unnamed statement, if known
-        # Whose sequence state (what currval()/lastval() answer) the session holds: the client
-        # (engine) that last ran a statement here that may have called nextval(); None if clean.
+        # Sequence state (what currval()/lastval() answer; see postgres/sequences.py): whose
+        # whole state it holds, and whether any nextval() may have run since it was clean.
         self.seq_owner: object | None = None
+        self.seq_dirty = False
 
     @property
     def broken(self) -> bool:
@@ -304,6 +305,7 @@ class ServerConnection(FramedProtocol):
         self.statements.clear()
         self.unnamed = None
         self.seq_owner = None
+        self.seq_dirty = False
 
 
 async def connect_server(

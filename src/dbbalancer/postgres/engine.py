@@ -37,8 +37,8 @@ from dbbalancer.core.statement import (
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.backend import ServerConnection, ServerError, ServerUnavailable
-from dbbalancer.postgres.codec import Frame, ProtocolError
-from dbbalancer.postgres.params import sync_statement
+from dbbalancer.postgres.codec import Frame
+from dbbalancer.postgres.params import python_codec, quote_literal, sync_statement
 from dbbalancer.postgres.prepared import (
     PreparedStatement,
     bind_statement,
@@ -51,7 +51,8 @@ from dbbalancer.postgres.prepared import (
     with_name,
 )
 from dbbalancer.postgres.responses import Request
-from dbbalancer.postgres.sessionstate import SessionState, read_back_query
+from dbbalancer.postgres.sequences import SequenceState, Verdict
+from dbbalancer.postgres.sessionstate import SessionState, parse_context, read_back_query
 from dbbalancer.postgres.stream import scan_plain
 
 if TYPE_CHECKING:
@@ -63,7 +64,30 @@ PARSE_COMPLETE = codec.ParseComplete().encode()
 CLOSE_COMPLETE = codec.CloseComplete().encode()
 READY_IDLE = codec.ReadyForQuery(b"I").encode()
 SYNC = codec.Sync().encode()
-DISCARD_SEQUENCES = codec.Query("DISCARD SEQUENCES").encode()
+# DISCARD SEQUENCES under a name of the proxy's own, in the extended protocol so that it can
+# run anywhere in a client's pipeline without touching the unnamed statement or portal.
+_CLEAR_NAME = "dbb_discard_sequences"
+CLEAR_SEQUENCES = (
+    codec.Parse(_CLEAR_NAME, "DISCARD SEQUENCES").encode(),
+    codec.Bind(_CLEAR_NAME, _CLEAR_NAME).encode(),
+    codec.Execute(_CLEAR_NAME).encode(),
+    codec.Close(b"S", _CLEAR_NAME).encode(),
+)
+_CLEAR_REQUESTS = (Request.PARSE, Request.BIND, Request.EXECUTE, Request.CLOSE)
+_REFUSAL_NAME = "dbb_refusal"
+_SEQUENCE_REFUSAL = (
+    "DO $dbb$BEGIN RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = "
+    + quote_literal(
+        "currval()/lastval() cannot be answered for this session: the server connection that "
+        "ran its last nextval() has since served another client (transaction pooling)"
+    )
+    + ", HINT = "
+    + quote_literal(
+        "use INSERT ... RETURNING or SELECT nextval() to get the id, "
+        'or pool_mode = "session" for this user'
+    )
+    + "; END$dbb$"
+)
 # Functions that answer from the session's sequence state, and that set it, as the classifier
 # names them.
 _SEQUENCE_STATE_READERS = frozenset(
@@ -92,12 +116,10 @@ _SERVER_NAME = re.compile(rb"dbb_[0-9a-f]{20}")
 _COMMITS = frozenset((b"D", b"C", b"G", b"H", b"W", b"I", b"s"))
 
 
-def query_text(frame: Frame) -> str:
-    """The SQL of a Query message."""
-    try:
-        return frame.data[5:-1].decode()
-    except UnicodeDecodeError:
-        raise ProtocolError("query text is not valid UTF-8") from None
+def query_text(frame: Frame, encoding: str = "utf-8") -> str:
+    """The SQL of a Query message, in the client's encoding (bytes it does not hold are kept
+    as they are, for the server to judge)."""
+    return frame.data[5:-1].decode(encoding, "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +175,7 @@ class Engine:
         self.split = split
         self.classifier = session.service.classifier(cluster.config.name)
         self.state = SessionState(settings, session)
+        self.encoding = python_codec(self.state.settings)  # the client's, for query text
         self.home = home  # session pooling: the primary connection held for the whole session
         self.home_pool = home_pool
         self.server: ServerConnection | None = None
@@ -170,11 +193,12 @@ class Engine:
         self._prepared_before: dict[str, PreparedStatement] | None = None
         self._settings_rows: list[bytes] | None = None
         self._read_back: list[str] = []
-        # The pooled connection where this client last ran something that may have called
-        # nextval() (see ServerConnection.seq_owner), and its pool.
-        self._seq_server: ServerConnection | None = None
+        # Where this client's sequence state lives (postgres/sequences.py): the connection, and
+        # the pool it goes back to.
+        self.seqs = SequenceState()
+        self._seq_home: ServerConnection | None = None
         self._seq_pool: Pool[ServerConnection] | None = None
-        self._ran_writes = False
+        self._drop_to_sync = False  # a request was refused mid-batch: skip to the Sync
         self._to_server: list[bytes] = []
         self._to_client: list[bytes] = []
         self.closed = False
@@ -248,17 +272,17 @@ class Engine:
         if kind == b"P":
             if not self.track_prepared:
                 return False
-            name, query, rest = parse_fields(frame)
+            name, query, rest = parse_fields(frame, self.encoding)
             if not name:
                 return False
-            server_name = server_statement_name(query, rest, self._search_path())
+            server_name = server_statement_name(query, rest, self._parse_context())
             if not self.cluster.known_statements.touch(server_name):
                 return False
             c = self.classifier.classify(query)
             if c.pins or c.settings or c.unpins:
                 return False
             self.prepared[name] = PreparedStatement(
-                name, server_name, query, make_parse(server_name, query, rest), c
+                name, server_name, query, make_parse(server_name, query, rest, self.encoding), c
             )
             self._to_client.append(PARSE_COMPLETE)
             return True
@@ -287,11 +311,11 @@ class Engine:
             kind = frame.type
             c: Classification | None
             if kind == b"Q":
-                known = self.classifier.classify(query_text(frame))
+                known = self.classifier.classify(query_text(frame, self.encoding))
                 batch[id(frame)] = _Parsed(frame, known, None)
                 c = known
             elif kind == b"P":
-                fields = parse_fields(frame)
+                fields = parse_fields(frame, self.encoding)
                 known = self.classifier.classify(fields[1])
                 if not fields[0]:
                     unnamed = known
@@ -377,13 +401,13 @@ class Engine:
         for frame in self.backlog:
             kind = frame.type
             if kind == b"Q":
-                return query_text(frame)
+                return query_text(frame, self.encoding)
             if kind == b"S":
                 return sql if sql is not None else ""
             if kind not in _PIPELINED:
                 return None
             if kind == b"P" and sql is None:
-                sql = parse_fields(frame)[1]
+                sql = parse_fields(frame, self.encoding)[1]
             elif kind == b"B" and sql is None:
                 start, end = bind_statement(frame)
                 bound = self.prepared.get(frame.data[start:end].decode(errors="replace"))
@@ -409,11 +433,15 @@ class Engine:
 
         For the primary, the connection that holds this client's sequence state comes first
         while nobody else has changed it, so currval() and lastval() keep answering for it."""
-        seq = self._seq_server
+        seq = self._seq_home
         if seq is not None and unit.decision.target is Target.PRIMARY:
             pool = self._seq_pool
-            if seq.seq_owner is not self or pool is None:
-                self._seq_server = None  # someone else's nextval() may have run there since
+            if (
+                not self.seqs.owns(seq)
+                or pool is None
+                or seq.server != self.cluster.runtime.primary()
+            ):
+                self._seq_home = None
             elif pool.take(seq):
                 self._attach(seq, pool)
                 return
@@ -528,6 +556,10 @@ class Engine:
         tracker = server.tracker
         out = self._to_server
         kind = frame.type
+        if self._drop_to_sync:
+            if kind != b"S":
+                return
+            self._drop_to_sync = False
         unit = self.unit
         if unit is not None and unit.retry_frames is not None:
             unit.retry_frames.append(frame)
@@ -541,7 +573,7 @@ class Engine:
         if kind == b"Q":
             c = known.classification if known is not None else None
             if c is None:
-                c = self.classifier.classify(query_text(frame))
+                c = self.classifier.classify(query_text(frame, self.encoding))
             if not c.read_only and c.functions and not self._sequence_ok(server, c, frame):
                 return
             if not self._track(c, frame):
@@ -554,7 +586,7 @@ class Engine:
                 name, query, rest = known.fields
                 c = known.classification
             else:
-                name, query, rest = parse_fields(frame)
+                name, query, rest = parse_fields(frame, self.encoding)
                 c = self.classifier.classify(query)
             if not self._admit(c, frame):
                 return
@@ -568,9 +600,9 @@ class Engine:
                 tracker.expect(Request.PARSE)
                 out.append(frame.data)
                 return
-            server_name = server_statement_name(query, rest)
+            server_name = server_statement_name(query, rest, self._parse_context())
             stmt = PreparedStatement(
-                name, server_name, query, make_parse(server_name, query, rest), c
+                name, server_name, query, make_parse(server_name, query, rest, self.encoding), c
             )
             self.prepared[name] = stmt
             if server.statements.touch(server_name):
@@ -649,8 +681,11 @@ class Engine:
             # Flush, CopyData, CopyDone, CopyFail: no response of their own.
             out.append(frame.data)
 
-    def _search_path(self) -> str:
-        return self.state.settings.get("search_path", "")
+    def _parse_context(self) -> str:
+        """The client's settings that change what a statement means when it is parsed (which
+        table a name is, what a date or time literal is): statements parsed under other values
+        are not shared with it."""
+        return parse_context(self.state.settings)
 
     def _prepare_on(
         self, server: ServerConnection, stmt: PreparedStatement, *, visible: bool
@@ -674,40 +709,75 @@ class Engine:
             server.unnamed = self.unnamed
 
     def _sequence_ok(self, server: ServerConnection, c: Classification, frame: Frame) -> bool:
-        """May `c` run on `server` as far as sequence state goes? currval() and lastval() answer
-        from the session's last nextval(): through a pooled connection that is the last
-        nextval() of whoever ran there, so it is only this client's if this client ran the
-        last possible nextval() there (`seq_owner`). A client that never ran one gets a clean
-        state (DISCARD SEQUENCES first), as a new session has. Anything else is refused, never
-        answered with another client's number."""
+        """May `c` run on `server` as far as sequence state goes (postgres/sequences.py)?
+        currval()/lastval() run where they answer for this client, after a DISCARD SEQUENCES
+        for a client that has no sequence state; otherwise they are refused, never answered
+        with another client's number."""
         functions = c.functions
         if not any(name in _SEQUENCE_STATE_READERS for name in functions) or any(
             name in _SEQUENCE_STATE_WRITERS for name in functions
         ):
             return True  # nothing read, or read after its own nextval()/setval()
-        if server.seq_owner is self:
+        verdict = self.seqs.before_read(server)
+        if verdict is Verdict.CLEAR_FIRST:
+            self._clear_sequences(server, sync=frame.type == b"Q")
+        if verdict is not Verdict.REFUSE:
+            self._note_seq_home(server)
             return True
-        if not self._ran_writes:
-            if server.tx_status != b"E":
-                self._to_server.append(DISCARD_SEQUENCES)
-                server.tracker.expect(Request.QUERY, visible=False)
-            server.seq_owner = self
-            return True
-        self._refuse(
-            frame,
-            "55000",
-            "currval()/lastval() cannot be answered for this session: the server connection "
-            "that ran its last nextval() has since served another client (transaction pooling)",
-            "use INSERT ... RETURNING or SELECT nextval() to get the id, or "
-            'pool_mode = "session" for this user',
-        )
+        self._raise_on_server(server, frame, _SEQUENCE_REFUSAL)
         return False
+
+    def _raise_on_server(self, server: ServerConnection, frame: Frame, raise_sql: str) -> None:
+        """Run `raise_sql` (a DO block that raises the refusal) instead of the client's Query or
+        Execute `frame`: the server itself fails the request, so a transaction it was in is
+        aborted exactly as the statement's own error would have aborted it."""
+        tracker = server.tracker
+        out = self._to_server
+        if frame.type == b"Q":
+            out.append(codec.Query(raise_sql).encode())
+            tracker.expect(Request.QUERY)
+            server.unnamed = None  # a simple query destroys the unnamed statement
+            return
+        for request, data in (
+            (Request.CLOSE, codec.Close(b"S", _REFUSAL_NAME).encode()),
+            (Request.PARSE, codec.Parse(_REFUSAL_NAME, raise_sql).encode()),
+            (Request.BIND, codec.Bind(_REFUSAL_NAME, _REFUSAL_NAME).encode()),
+        ):
+            out.append(data)
+            tracker.expect(request, visible=False)
+        out.append(codec.Execute(_REFUSAL_NAME).encode())
+        tracker.expect(Request.EXECUTE)
+
+    def _clear_sequences(self, server: ServerConnection, *, sync: bool) -> None:
+        """DISCARD SEQUENCES on `server` before what is sent next (hidden). `sync`: a simple
+        Query follows, so the hidden batch ends with its own Sync rather than leave an implicit
+        transaction open under the Query."""
+        if server.tx_status == b"E":
+            # The failed transaction refuses it (and the statement that follows as well).
+            self.seqs.could_not_clear(server)
+            return
+        tracker = server.tracker
+        self._to_server.extend(CLEAR_SEQUENCES)
+        for request in _CLEAR_REQUESTS:
+            tracker.expect(request, visible=False)
+        if sync:
+            self._to_server.append(SYNC)
+            tracker.expect(Request.SYNC, visible=False)
+
+    def _note_seq_home(self, server: ServerConnection) -> None:
+        unit = self.unit
+        if unit is not None and unit.decision.target is not Target.PRIMARY:
+            return
+        if self.seqs.owns(server):
+            self._seq_home = server
+            unit = self.unit
+            self._seq_pool = unit.pool if unit is not None else None
 
     def _track(self, c: Classification, frame: Frame) -> bool:
         """A simple Query: admit it and record its effects; False if it was refused."""
         if not self._admit(c, frame):
             return False
-        self._effects(c)
+        self._effects(c, query=True)
         return True
 
     def _admit(self, c: Classification, frame: Frame) -> bool:
@@ -731,21 +801,24 @@ class Engine:
             return False
         return True
 
-    def _effects(self, c: Classification) -> None:
+    def _effects(self, c: Classification, *, query: bool = False) -> None:
         """A statement is being run (a Query, or the Execute of a portal): record what it does
         to session state, in stream order."""
         unit = self.unit
+        server = self.server
         if not c.read_only and unit is not None:
             unit.wrote = True
-            server = self.server
-            if server is not None:
-                server.seq_owner = self
-                self._ran_writes = True
-                if unit.pool is not None:
-                    self._seq_server = server
-                    self._seq_pool = unit.pool
-        elif c.unpins and self.server is not None:
-            self.server.seq_owner = self  # DISCARD SEQUENCES / ALL: the state is this client's
+            if (
+                server is not None
+                and (c.kind is StatementKind.WRITE or c.kind is StatementKind.UNKNOWN)
+                and unit.decision.target is Target.PRIMARY
+            ):
+                # It may call nextval(): this client's sequence state is then on `server`.
+                if self.seqs.before_write(server):
+                    self._clear_sequences(server, sync=query)
+                self._note_seq_home(server)
+        if server is not None and UnpinEvent.DISCARD_SEQUENCES in c.unpins:
+            self._sequences_discarded(server, c)
         if c.reason is Reason.DDL:
             self.session.service.poke_volatility(self.cluster.config.name)
         self.state.record(c)
@@ -753,6 +826,21 @@ class Engine:
             if event is UnpinEvent.DISCARD_ALL or event is UnpinEvent.DEALLOCATE_ALL:
                 self._drop_all_statements()
                 break
+
+    def _sequences_discarded(self, server: ServerConnection, c: Classification) -> None:
+        """DISCARD SEQUENCES (or ALL) is on its way. Believed only where it cannot fail: not in
+        a failed transaction, and DISCARD ALL only alone and outside a transaction."""
+        status = server.tx_status
+        if status == b"E":
+            return
+        if UnpinEvent.DISCARD_ALL in c.unpins and (status != b"I" or c.statements != 1):
+            return
+        unit = self.unit
+        if unit is not None and unit.decision.target is Target.PRIMARY:
+            self.seqs.discarded(server)
+            self._note_seq_home(server)
+        else:
+            self.seqs.forget()  # cleared on a replica: no state left anywhere
 
     def _drop_all_statements(self) -> None:
         """DISCARD ALL or DEALLOCATE ALL is on its way: every prepared statement of the
@@ -785,6 +873,7 @@ class Engine:
             # Extended protocol: the error, then the server would skip to the next Sync.
             if server is not None:
                 server.tracker.synthesize(error, self._to_client)
+                self._drop_to_sync = True  # as the server would after an error
             else:
                 self._to_client.append(error)
 
@@ -930,6 +1019,7 @@ class Engine:
         if self._settings_rows is not None:
             self._learn_settings(self._settings_rows)
             self._settings_rows = None
+            self.encoding = python_codec(state.settings)
             server.applied = dict(state.settings)
         errors = 0
         if unit is not None:
@@ -937,7 +1027,11 @@ class Engine:
         if (state.unsettled or self._doubt_statements) and self._settle(
             server, state.in_doubt(errors)
         ):
-            return  # hidden requests are on their way; this runs again once they are answered
+            # Hidden requests are on their way; this runs again once they are answered, and
+            # what the client sends meanwhile waits to be routed on its own.
+            if unit is not None:
+                unit.sealed = True
+            return
         if self._position_rows is not None:
             self._learn_position(self._position_rows)
             self._position_rows = None
@@ -953,6 +1047,7 @@ class Engine:
             self._position_rows = []
             self._to_server.append(POSITION_QUERY)
             server.tracker.expect(Request.QUERY, visible=False, capture=self._position_rows)
+            unit.sealed = True
             return
         if state.pins:
             if unit is not None:
@@ -974,7 +1069,7 @@ class Engine:
                 state.pinned_since_release = False
                 self.session.give_back(server, unit.pool, clean=True)
             else:
-                unit.pool.release(server, cold=server.seq_owner is self)
+                unit.pool.release(server, cold=self.seqs.owns(server))
         # Reading from the client may have been paused while that server's socket was full.
         self.session.resume_reading()
         self._drain_backlog()
@@ -985,6 +1080,8 @@ class Engine:
         sent = False
         changed = bool(self.state.pending)
         read_back = self.state.settle(doubt)
+        if changed:
+            self.encoding = python_codec(self.state.settings)
         if read_back:
             self._read_back = read_back
             self._settings_rows = []
@@ -1114,6 +1211,8 @@ class Engine:
             unit.pool.release(server, reusable=False, reason=DropReason.BROKEN)
         state = self.state
         state.forget_pending()
+        self.seqs.lost_connection(server)
+        self._drop_to_sync = False
         self._position_rows = None
         self._settings_rows = None
         self._doubt_statements.clear()

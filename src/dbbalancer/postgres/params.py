@@ -103,3 +103,61 @@ def quote_name(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"invalid parameter name {name!r}")
     return ".".join(quote_ident(part) for part in name.split("."))
+
+
+# PostgreSQL's client encodings (pg_encoding_to_char names, upper-cased, without '_' and '-')
+# and the Python codec of each. EUC_TW and MULE_INTERNAL have none: their text is read as
+# Latin-1, which keeps every byte and every ASCII keyword as it is.
+_CODECS = {
+    "UTF8": "utf-8",
+    "UNICODE": "utf-8",
+    "SQLASCII": "latin-1",
+    "LATIN1": "iso8859-1",
+    "LATIN2": "iso8859-2",
+    "LATIN3": "iso8859-3",
+    "LATIN4": "iso8859-4",
+    "LATIN5": "iso8859-9",
+    "LATIN6": "iso8859-10",
+    "LATIN7": "iso8859-13",
+    "LATIN8": "iso8859-14",
+    "LATIN9": "iso8859-15",
+    "LATIN10": "iso8859-16",
+    "ISO88595": "iso8859-5",
+    "ISO88596": "iso8859-6",
+    "ISO88597": "iso8859-7",
+    "ISO88598": "iso8859-8",
+    "WIN866": "cp866",
+    "WIN874": "cp874",
+    "WIN1250": "cp1250",
+    "WIN1251": "cp1251",
+    "WIN1252": "cp1252",
+    "WIN1253": "cp1253",
+    "WIN1254": "cp1254",
+    "WIN1255": "cp1255",
+    "WIN1256": "cp1256",
+    "WIN1257": "cp1257",
+    "WIN1258": "cp1258",
+    "KOI8R": "koi8-r",
+    "KOI8U": "koi8-u",
+    "SJIS": "shift_jis",
+    "SHIFTJIS2004": "shift_jis_2004",
+    "EUCJP": "euc_jp",
+    "EUCJIS2004": "euc_jis_2004",
+    "EUCKR": "euc_kr",
+    "EUCCN": "gb2312",
+    "GBK": "gbk",
+    "GB18030": "gb18030",
+    "BIG5": "big5",
+    "UHC": "cp949",
+    "JOHAB": "johab",
+}
+
+
+def python_codec(settings: dict[str, str]) -> str:
+    """The Python codec for the client_encoding in `settings` (UTF-8 when unset)."""
+    value = "UTF8"
+    for name, setting in settings.items():
+        if name.lower() == "client_encoding":
+            value = setting
+    key = value.upper().replace("_", "").replace("-", "")
+    return _CODECS.get(key, "latin-1")

@@ -36,36 +36,37 @@ def _frame(kind: bytes, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body) + 4) + body
 
 
-def parse_fields(frame: Frame) -> tuple[str, str, bytes]:
-    """(statement name, query text, the rest of the body) of a Parse message."""
+def parse_fields(frame: Frame, encoding: str = "utf-8") -> tuple[str, str, bytes]:
+    """(statement name, query text, the rest of the body) of a Parse message, decoded in the
+    client's encoding (bytes it does not hold are kept as they are, see `make_parse`)."""
     data = frame.data
     name_end = data.find(b"\0", 5)
     query_end = data.find(b"\0", name_end + 1) if name_end >= 0 else -1
     if query_end < 0:
         raise ProtocolError("malformed Parse message")
-    try:
-        return (
-            data[5:name_end].decode(),
-            data[name_end + 1 : query_end].decode(),
-            data[query_end + 1 :],
-        )
-    except UnicodeDecodeError:
-        raise ProtocolError("Parse message is not valid UTF-8") from None
+    return (
+        data[5:name_end].decode(encoding, "surrogateescape"),
+        data[name_end + 1 : query_end].decode(encoding, "surrogateescape"),
+        data[query_end + 1 :],
+    )
 
 
-def server_statement_name(query: str, rest: bytes, search_path: str = "") -> str:
+def server_statement_name(query: str, rest: bytes, context: str = "") -> str:
     """The shared server-side name of a statement.
 
-    A hash of its text, its parameter types and the search_path it is parsed under: the same
-    text names other tables under another search_path, so those must not share a statement.
+    A hash of its text, its parameter types and the settings it is parsed under (`context`:
+    search_path, DateStyle, TimeZone, ...): the same text names other tables under another
+    search_path, and folds '03/04/2024'::date to another day under another DateStyle, so those
+    must not share a statement.
     """
-    key = query.encode() + b"\0" + rest + b"\0" + search_path.encode()
+    key = query.encode(errors="surrogateescape") + b"\0" + rest + b"\0" + context.encode()
     return f"dbb_{hashlib.blake2b(key, digest_size=10).hexdigest()}"
 
 
-def make_parse(server_name: str, query: str, rest: bytes) -> bytes:
-    """A Parse message for `query` under `server_name`."""
-    return _frame(b"P", server_name.encode() + b"\0" + query.encode() + b"\0" + rest)
+def make_parse(server_name: str, query: str, rest: bytes, encoding: str = "utf-8") -> bytes:
+    """A Parse message for `query` under `server_name`, encoded as the client sent it."""
+    text = query.encode(encoding, "surrogateescape")
+    return _frame(b"P", server_name.encode() + b"\0" + text + b"\0" + rest)
 
 
 def bind_statement(frame: Frame) -> tuple[int, int]:

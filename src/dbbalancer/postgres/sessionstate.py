@@ -157,6 +157,36 @@ class SessionState:
             self.settings[name] = value
 
 
+# Settings that parse analysis reads: name resolution, the input of date/time/interval literals
+# folded into constants, string-literal lexing, text-search defaults.
+PARSE_SETTINGS: frozenset[str] = frozenset(
+    (
+        "search_path",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "timezone_abbreviations",
+        "standard_conforming_strings",
+        "backslash_quote",
+        "default_text_search_config",
+        "transform_null_equals",
+        "array_nulls",
+        "client_encoding",
+    )
+)
+
+
+def parse_context(settings: dict[str, str]) -> str:
+    """The values of `settings` that parse analysis depends on, as one string (names are
+    case-insensitive; a later entry wins, as it does when the settings are replayed)."""
+    found: dict[str, str] = {}
+    for name, value in settings.items():
+        lowered = name.lower()
+        if lowered in PARSE_SETTINGS:
+            found[lowered] = value
+    return "\0".join(f"{name}={found[name]}" for name in sorted(found))
+
+
 def read_back_query(names: list[str]) -> str:
     """A query whose one row holds the server's current value of each setting in `names`."""
     calls = []

@@ -656,6 +656,7 @@ def target(
 # connection holding the client's own was taken (docs/postgres.md, "Sequences"): an error, never
 # a number. Accepted in place of the direct outcome for a statement reading currval()/lastval().
 SEQUENCE_REFUSAL = "currval()/lastval() cannot be answered for this session"
+INTERNAL_NAME = "dbb_"  # dbbalancer's own server-side statement names never reach a client
 
 
 def documented_refusal(statement: str, proxied: Outcome) -> bool:
@@ -674,6 +675,10 @@ def compare(
     proxied: Sequence[Outcome],
     note: str = "",
 ) -> None:
+    leaked = [i for i, p in enumerate(proxied) if INTERNAL_NAME in p.message]
+    assert not leaked, f"{label}: an internal statement name reached the client: " + "; ".join(
+        f"[{i}] {statements[i]}: {proxied[i].message}" for i in leaked
+    )
     diverging = []
     for i, (d, p) in enumerate(zip(direct, proxied, strict=True)):
         if d == p:

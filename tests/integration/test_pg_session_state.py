@@ -249,3 +249,37 @@ def test_currval_is_the_clients_own_id_while_others_insert(
     # Refusing is allowed; but the client goes back to its own connection while nobody else
     # has used it, so most answers are real ones.
     assert answered > refused
+
+
+def test_a_refusal_inside_a_transaction_aborts_it_as_the_real_error_would(
+    prepared: PgCluster, one_conn: BalancerThread
+) -> None:
+    with (
+        psycopg.connect(dsn(one_conn), autocommit=True) as a,
+        psycopg.connect(dsn(one_conn), autocommit=True) as b,
+    ):
+        a.execute("INSERT INTO ss_ids (v) VALUES (1)")
+        b.execute("INSERT INTO ss_ids (v) VALUES (2)")
+        a.execute("BEGIN")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            a.execute("SELECT currval('ss_ids_id_seq')")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            a.execute("SELECT 1")
+        a.execute("ROLLBACK")
+        assert a.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("prepare_threshold", [None, 0], ids=["simple", "extended"])
+def test_a_first_write_on_a_used_connection_does_not_inherit_its_sequence_state(
+    prepared: PgCluster, one_conn: BalancerThread, prepare_threshold: int | None
+) -> None:
+    with psycopg.connect(dsn(one_conn), autocommit=True) as other:
+        other.execute("INSERT INTO ss_ids (v) VALUES (3)")  # leaves lastval() on the connection
+    with psycopg.connect(
+        dsn(one_conn), autocommit=True, prepare_threshold=prepare_threshold
+    ) as fresh:
+        fresh.execute("UPDATE ss_ids SET v = v WHERE false")  # a write that calls no nextval()
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as caught:
+            fresh.execute("SELECT lastval()")
+        # What a new session says, not the other client's id.
+        assert "not yet defined" in str(caught.value)

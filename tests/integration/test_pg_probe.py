@@ -16,6 +16,7 @@ from dbbalancer.postgres.auth import AuthenticationFailed
 from dbbalancer.postgres.backend import ServerError, ServerUnavailable
 from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.framed import ConnectionClosed
+from dbbalancer.postgres.lsn import Lsn
 from dbbalancer.postgres.probe import PROBE_APPLICATION_NAME, PgProber, probe_failure
 from dbbalancer.testing.pgcluster import PgCluster, PgNode
 from dbbalancer.testing.ports import LOOPBACK, free_port
@@ -66,9 +67,9 @@ def test_probe_reports_roles_positions_and_timeline(
     *replicas, primary = results
     assert primary.ok, primary
     assert primary.role is ObservedRole.PRIMARY
-    assert primary.timeline == 1
-    assert primary.position is not None
-    assert primary.position > 0
+    assert primary.epoch == 1  # the timeline
+    assert isinstance(primary.position, Lsn)
+    assert primary.position > Lsn(0)
     assert primary.replay_delay is None
     assert primary.load is not None
     assert primary.load >= 0
@@ -77,9 +78,9 @@ def test_probe_reports_roles_positions_and_timeline(
     for replica in replicas:
         assert replica.ok, replica
         assert replica.role is ObservedRole.REPLICA
-        assert replica.timeline == 1
-        assert replica.position is not None
-        assert 0 < replica.position <= primary.position
+        assert replica.epoch == 1
+        assert isinstance(replica.position, Lsn)
+        assert Lsn(0) < replica.position <= primary.position
         assert replica.replay_delay is not None
         assert replica.replay_delay >= 0
 
@@ -166,8 +167,8 @@ def test_monitor_follows_failover(pg_cluster_factory: ClusterFactory) -> None:
     monitor = run(uvloop.new_event_loop, main)
     promoted = monitor.server_status(new.name)
     assert promoted.role is ObservedRole.PRIMARY
-    assert promoted.timeline is not None
-    assert promoted.timeline > 1
+    assert promoted.epoch is not None
+    assert promoted.epoch > 1  # promoted onto a new timeline
     assert not monitor.server_status(old.name).usable
 
 

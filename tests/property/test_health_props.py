@@ -26,6 +26,7 @@ from dbbalancer.core.health import (
     elect_primary,
     next_state,
 )
+from dbbalancer.postgres.lsn import Lsn
 
 UP, SUSPECT, DOWN, BANNED = (
     HealthState.UP,
@@ -41,8 +42,8 @@ probes = st.one_of(
         ProbeResult,
         ok=st.just(True),
         role=roles,
-        timeline=st.none() | st.integers(1, 5),
-        position=st.none() | st.integers(0, 2**40),
+        epoch=st.none() | st.integers(1, 5),
+        position=st.none() | st.builds(Lsn, st.integers(0, 2**40)),
     ),
 )
 Step = tuple[str, ProbeResult | None]
@@ -265,7 +266,7 @@ views = st.lists(
         key=st.sampled_from("abcdef"),
         state=st.sampled_from(list(HealthState)),
         role=roles,
-        timeline=st.none() | st.integers(1, 4),
+        epoch=st.none() | st.integers(1, 4),
     ),
     max_size=6,
     unique_by=lambda v: v.key,
@@ -297,7 +298,7 @@ def test_election_invariants(vs: list[ServerView]) -> None:
         # Split brain: every claimant but the winner is fenced, and there is no winner unless
         # its timeline is known and strictly the highest.
         assert fenced | {election.primary} - {None} == claims
-        timelines = {v.key: v.timeline for v in vs if v.key in claims}
+        timelines = {v.key: v.epoch for v in vs if v.key in claims}
         if election.primary is None:
             known = [t for t in timelines.values() if t is not None]
             assert None in timelines.values() or known.count(max(known)) > 1

@@ -21,6 +21,7 @@ from dbbalancer.core.health import (
     elect_primary,
     next_state,
 )
+from dbbalancer.postgres.lsn import Lsn
 
 UP, SUSPECT, DOWN, BANNED = (
     HealthState.UP,
@@ -107,11 +108,11 @@ def test_starts_suspect_and_unusable() -> None:
 
 def test_first_good_probe_brings_it_up() -> None:
     health = ServerHealth("s1", rise=5)
-    t = health.on_probe(ProbeResult(ok=True, role=PRIMARY, timeline=3), 10.0)
+    t = health.on_probe(ProbeResult(ok=True, role=PRIMARY, epoch=3), 10.0)
     assert t == Transition("s1", SUSPECT, UP, TransitionReason.PROBE_OK, None, 10.0)
     assert health.usable
     assert health.role is PRIMARY
-    assert health.timeline == 3
+    assert health.epoch == 3
     assert health.changed_at == 10.0
 
 
@@ -227,17 +228,17 @@ def test_probe_result_ok_and_failure_must_agree() -> None:
 
 def test_last_probe_and_role_tracking() -> None:
     health = ServerHealth("s1")
-    good = ProbeResult(ok=True, role=REPLICA, timeline=2, position=1024, replay_delay=0.5)
+    good = ProbeResult(ok=True, role=REPLICA, epoch=2, position=Lsn(1024), replay_delay=0.5)
     health.on_probe(good, 1.0)
     assert health.last_probe is good
     health.on_probe(FAIL, 2.0)
     assert health.last_probe is FAIL
     # The role is the last *observed* one: a failed probe observes nothing.
     assert health.role is REPLICA
-    assert health.timeline == 2
+    assert health.epoch == 2
     health.on_probe(ProbeResult(ok=True, role=PRIMARY), 3.0)
     assert health.role is PRIMARY
-    assert health.timeline == 2  # not reported this time: keep the last known
+    assert health.epoch == 2  # not reported this time: keep the last known
 
 
 # -- wrong role ----------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def test_unban_while_not_banned_is_a_no_op() -> None:
 
 def test_view() -> None:
     health = ServerHealth("s9")
-    health.on_probe(ProbeResult(ok=True, role=PRIMARY, timeline=4), 0.0)
+    health.on_probe(ProbeResult(ok=True, role=PRIMARY, epoch=4), 0.0)
     assert health.view() == ServerView("s9", UP, PRIMARY, 4)
     assert health.server == "s9"
 
@@ -353,7 +354,7 @@ def test_view() -> None:
 
 
 def v(key: str, state: HealthState, role: ObservedRole | None, timeline: int | None) -> ServerView:
-    return ServerView(key=key, state=state, role=role, timeline=timeline)
+    return ServerView(key=key, state=state, role=role, epoch=timeline)
 
 
 def test_elect_no_views() -> None:
@@ -387,7 +388,8 @@ def test_elect_ignores_unusable_primaries(state: HealthState) -> None:
 
 def test_elect_split_brain_highest_timeline_wins() -> None:
     election = elect_primary(
-        [v("old", UP, PRIMARY, 3), v("new", UP, PRIMARY, 4), v("r", UP, REPLICA, 4)]
+        [v("old", UP, PRIMARY, 3), v("new", UP, PRIMARY, 4), v("r", UP, REPLICA, 4)],
+        epoch_name="timeline",
     )
     assert election.primary == "new"
     assert election.fenced == ("old",)
@@ -432,10 +434,10 @@ def test_elect_rejects_duplicate_keys() -> None:
 def test_elect_from_server_health_views() -> None:
     old = ServerHealth("old")
     new = ServerHealth("new")
-    old.on_probe(ProbeResult(ok=True, role=PRIMARY, timeline=1), 0.0)
-    new.on_probe(ProbeResult(ok=True, role=REPLICA, timeline=1), 0.0)
+    old.on_probe(ProbeResult(ok=True, role=PRIMARY, epoch=1), 0.0)
+    new.on_probe(ProbeResult(ok=True, role=REPLICA, epoch=1), 0.0)
     assert elect_primary([old.view(), new.view()]).primary == "old"
     # Failover: new is promoted onto timeline 2 while old comes back still claiming primary.
-    new.on_probe(ProbeResult(ok=True, role=PRIMARY, timeline=2), 1.0)
+    new.on_probe(ProbeResult(ok=True, role=PRIMARY, epoch=2), 1.0)
     election = elect_primary([old.view(), new.view()])
     assert (election.primary, election.fenced) == ("new", ("old",))

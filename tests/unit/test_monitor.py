@@ -30,6 +30,7 @@ from dbbalancer.core.health import (
 )
 from dbbalancer.core.monitor import HealthMonitor, vet_role
 from dbbalancer.core.topology import Server, ServerRole
+from dbbalancer.postgres.lsn import Lsn
 
 T = TypeVar("T")
 
@@ -44,11 +45,11 @@ REFUSED = ProbeResult.failed(ProbeFailure.REFUSED)
 
 
 def as_primary(timeline: int = 1, position: int = 1000, **kw: Any) -> ProbeResult:
-    return ProbeResult(ok=True, role=PRIMARY, timeline=timeline, position=position, **kw)
+    return ProbeResult(ok=True, role=PRIMARY, epoch=timeline, position=Lsn(position), **kw)
 
 
 def as_replica(timeline: int = 1, position: int = 1000, **kw: Any) -> ProbeResult:
-    return ProbeResult(ok=True, role=REPLICA, timeline=timeline, position=position, **kw)
+    return ProbeResult(ok=True, role=REPLICA, epoch=timeline, position=Lsn(position), **kw)
 
 
 def server(name: str, role: ServerRole = ServerRole.AUTO) -> Server:
@@ -246,7 +247,7 @@ def test_configured_replica_promoted_is_followed_once_primary_is_gone() -> None:
     assert m.primary is not None
     assert m.primary.name == "b"
     status = m.server_status("b")
-    assert (status.state, status.role, status.timeline) == (UP, PRIMARY, 2)
+    assert (status.state, status.role, status.epoch) == (UP, PRIMARY, 2)
 
 
 def test_configured_replica_claiming_primary_is_refused_while_primary_is_up() -> None:
@@ -306,10 +307,10 @@ def test_lag_bytes_from_primary_position() -> None:
     m.record("b", as_replica(position=3000, replay_delay=1.5))
     m.record("c", as_replica(position=5200))  # probed after a newer write: ahead, not negative
     b, c = m.server_status("b"), m.server_status("c")
-    assert (b.lag_bytes, b.replay_delay, b.position) == (2000, 1.5, 3000)
+    assert (b.lag_bytes, b.replay_delay, b.position) == (2000, 1.5, Lsn(3000))
     assert c.lag_bytes == 0
     primary = m.server_status("a")
-    assert (primary.lag_bytes, primary.replay_delay, primary.position) == (None, None, 5000)
+    assert (primary.lag_bytes, primary.replay_delay, primary.position) == (None, None, Lsn(5000))
 
 
 def test_lag_unknown_without_primary() -> None:

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 from dbbalancer.core.balance import Balancer, Candidate, LatencyTracker, Policy
 from dbbalancer.core.monitor import HealthMonitor
 from dbbalancer.core.pool import DropReason, Pool, PooledConnection, PoolLimits, PoolStats
+from dbbalancer.core.position import Position
 from dbbalancer.core.routing import RouteReason, Target
 from dbbalancer.core.topology import Server, ServerRole
 
@@ -44,7 +45,12 @@ def _name(server: Server) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaPolicy:
-    """How reads are spread: the balancing policy, the lag limit and the fallback."""
+    """How reads are spread: the balancing policy, the lag limits and the fallback.
+
+    `max_lag_seconds` is the neutral limit (the replica's replay delay). `max_lag_bytes` is a
+    PostgreSQL option: it needs positions that measure bytes (`Position.bytes_behind`), and a
+    replica whose lag in bytes is unknown does not meet it.
+    """
 
     balance: Policy = Policy.ROUND_ROBIN
     max_lag_seconds: float | None = None
@@ -81,7 +87,7 @@ class Cluster(Generic[C]):
         self.balancer = Balancer(self.policy.balance)
         self.latency = LatencyTracker()
         self._eligible: list[Server] = []
-        self._eligible_key: tuple[int, int | None] | None = None
+        self._eligible_key: tuple[int, Position | None] | None = None
         self._static_candidates: dict[tuple[str, ...], list[Candidate]] = {}
         # Round robin: the last list of replicas ordered, and the same servers sorted by name.
         self._ring_source: list[Server] | None = None
@@ -114,9 +120,9 @@ class Cluster(Generic[C]):
             )
         return server
 
-    def eligible_replicas(self, min_position: int | None = None) -> list[Server]:
+    def eligible_replicas(self, min_position: Position | None = None) -> list[Server]:
         """Replicas that may take reads now: healthy, within the lag limit, and (for
-        read-your-writes) replayed at least to `min_position`.
+        read-your-writes) at a position that covers `min_position`.
 
         Cached between probe results: this runs for every unit of work routed to a replica.
         """
@@ -129,7 +135,7 @@ class Cluster(Generic[C]):
         self._eligible_key = key
         return self._eligible
 
-    def _eligible_now(self, min_position: int | None) -> list[Server]:
+    def _eligible_now(self, min_position: Position | None) -> list[Server]:
         assert self.monitor is not None
         out = []
         policy = self.policy
@@ -144,7 +150,7 @@ class Cluster(Generic[C]):
             ):
                 continue
             if min_position is not None and (
-                status.position is None or status.position < min_position
+                status.position is None or not status.position.covers(min_position)
             ):
                 continue
             out.append(server)
@@ -192,7 +198,7 @@ class Cluster(Generic[C]):
         user: str,
         target: Target,
         *,
-        min_position: int | None = None,
+        min_position: Position | None = None,
         exclude: frozenset[str] = frozenset(),
     ) -> tuple[Choice, Pool[C], C] | list[Server]:
         """The fast path of `checkout`: an idle connection of the first choice, without waiting.
@@ -224,7 +230,7 @@ class Cluster(Generic[C]):
         target: Target,
         *,
         wait_limit: float,
-        min_position: int | None = None,
+        min_position: Position | None = None,
         exclude: frozenset[str] = frozenset(),
         order: list[Server] | None = None,
     ) -> tuple[Choice, Pool[C], C]:

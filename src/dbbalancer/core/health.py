@@ -23,8 +23,10 @@ instead of waiting `rise` intervals, while still sending nothing to a server nev
 
 Time is injected: callers pass monotonic seconds as `now`; nothing here reads a clock. The probe
 itself (what query, which protocol) lives in each protocol package; this module only sees a
-neutral `ProbeResult`. The replication position is an opaque byte count, the timeline an integer
-that increases at every promotion.
+neutral `ProbeResult`. The replication position is an opaque `core.position.Position` supplied
+by the protocol; the epoch, when the protocol has one, is an integer that increases at every
+promotion (PostgreSQL: the timeline). See `elect_primary` for how both are used, and what happens
+without an epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from dbbalancer.core.position import Position
 
 __all__ = [
     "TRANSITIONS",
@@ -168,16 +172,18 @@ class ProbeResult:
     """What one health probe found, protocol-neutral.
 
     `ok` and `failure` must agree: a good probe has no failure, a failed one names it.
-    `position` is the server's replication position in bytes (written on a primary, replayed on
-    a replica), `replay_delay` the seconds since the last replayed change (replicas), `load` what
-    the server reports about its own work, `latency` the probe's round trip in seconds.
+    `epoch` is the protocol's promotion counter if it has one (PostgreSQL: the timeline; see
+    `elect_primary`), `position` the server's replication position (written on a primary,
+    applied on a replica; see `core.position`), `replay_delay` the seconds since the last
+    replayed change (replicas), `load` what the server reports about its own work, `latency`
+    the probe's round trip in seconds.
     """
 
     ok: bool
     role: ObservedRole | None = None
     failure: ProbeFailure | None = None
-    timeline: int | None = None
-    position: int | None = None
+    epoch: int | None = None
+    position: Position | None = None
     replay_delay: float | None = None
     load: float | None = None
     latency: float | None = None
@@ -208,6 +214,7 @@ class ServerHealth:
         "_changed_at",
         "_consecutive_failures",
         "_consecutive_ok",
+        "_epoch",
         "_expected_role",
         "_fall",
         "_last_probe",
@@ -216,7 +223,6 @@ class ServerHealth:
         "_server",
         "_state",
         "_suspect_usable",
-        "_timeline",
     )
 
     def __init__(
@@ -242,7 +248,7 @@ class ServerHealth:
         self._consecutive_failures = 0
         self._last_probe: ProbeResult | None = None
         self._role: ObservedRole | None = None
-        self._timeline: int | None = None
+        self._epoch: int | None = None
         self._changed_at: float | None = None
 
     @property
@@ -291,9 +297,9 @@ class ServerHealth:
         return self._role
 
     @property
-    def timeline(self) -> int | None:
-        """The timeline reported by the last good probe that reported one."""
-        return self._timeline
+    def epoch(self) -> int | None:
+        """The epoch (PostgreSQL: timeline) reported by the last good probe that reported one."""
+        return self._epoch
 
     @property
     def changed_at(self) -> float | None:
@@ -315,9 +321,7 @@ class ServerHealth:
 
     def view(self) -> ServerView:
         """This server as `elect_primary` sees it."""
-        return ServerView(
-            key=self._server, state=self._state, role=self._role, timeline=self._timeline
-        )
+        return ServerView(key=self._server, state=self._state, role=self._role, epoch=self._epoch)
 
     def on_probe(self, result: ProbeResult, now: float) -> Transition | None:
         """Account for one probe result; return the transition, or None if the state stays."""
@@ -341,8 +345,8 @@ class ServerHealth:
             if failure is None:
                 if result.role is not None:
                     self._role = result.role
-                if result.timeline is not None:
-                    self._timeline = result.timeline
+                if result.epoch is not None:
+                    self._epoch = result.epoch
         return self._apply(event, failure, now)
 
     def ban(self, now: float) -> Transition | None:
@@ -378,7 +382,7 @@ class ServerHealth:
             # What we saw before the ban may be stale (a failover may have happened meanwhile);
             # elect_primary must not count a role nobody has confirmed since.
             self._role = None
-            self._timeline = None
+            self._epoch = None
         return Transition(
             server=self._server, old=old, new=new, reason=reason, failure=failure, at=now
         )
@@ -391,7 +395,7 @@ class ServerView:
     key: str
     state: HealthState
     role: ObservedRole | None
-    timeline: int | None
+    epoch: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,14 +417,30 @@ class PrimaryElection:
 _ELECTORS = frozenset({HealthState.UP, HealthState.SUSPECT})
 
 
-def elect_primary(views: Sequence[ServerView]) -> PrimaryElection:
+def elect_primary(views: Sequence[ServerView], *, epoch_name: str = "epoch") -> PrimaryElection:
     """Choose the primary among usable servers that report the primary role.
 
-    Follows how PostgreSQL failover works: a promotion starts a new, higher timeline, so when two
-    servers both claim to be primary (an old primary that came back after a failover) the one on
-    the highest timeline is the real one and the others are fenced. If the highest timeline is
-    shared, or a claimant's timeline is unknown, nobody can tell which one is right: no primary
-    (writes are refused) and every claimant is fenced. Duplicate keys are a caller bug.
+    * No claimant: no primary (writes wait or fail).
+    * Exactly one claimant: it is the primary, whatever its epoch (known or not).
+    * Several claimants (split brain): the one with the highest epoch wins and the others are
+      fenced. This follows PostgreSQL failover: a promotion starts a new, higher timeline, so
+      an old primary that comes back after a failover is on a lower one. If the highest epoch
+      is shared, or any claimant's epoch is unknown, nobody can tell which one is right: no
+      primary (writes are refused) and every claimant is fenced.
+
+    A protocol without an epoch (MySQL/MariaDB asynchronous replication, where a claimant is a
+    writable server) never reports one, so the same rule reads: exactly one writable server is
+    the primary; two or more is split brain, refused and fenced until one of them stops
+    claiming (made read-only, demoted or stopped) or an admin bans it. That is the safest of
+    the choices: picking one by replication position or by configuration order could send
+    writes to the server that is about to be thrown away, and two writable servers may each
+    hold transactions the other lacks, which no later election can merge. A refusal costs
+    availability that an operator can restore; a wrong pick costs data. Configured roles still
+    help before this point: `core.monitor.vet_role` refuses a configured replica's claim while
+    another server is the elected primary, so such a claimant never reaches the election.
+
+    `epoch_name` is what the protocol calls its epoch ("timeline"), used in the reason only.
+    Duplicate keys are a caller bug.
     """
     keys = [view.key for view in views]
     if len(set(keys)) != len(keys):
@@ -436,28 +456,28 @@ def elect_primary(views: Sequence[ServerView]) -> PrimaryElection:
         return PrimaryElection(only.key, (), f"{only.key} is the only primary")
     names = ", ".join(v.key for v in claimants)
     everyone = tuple(v.key for v in claimants)
-    unknown = [v.key for v in claimants if v.timeline is None]
+    unknown = [v.key for v in claimants if v.epoch is None]
     if unknown:
         return PrimaryElection(
             None,
             everyone,
-            f"split brain: {names} all claim primary and the timeline of "
+            f"split brain: {names} all claim primary and the {epoch_name} of "
             f"{', '.join(unknown)} is unknown; refusing writes",
         )
-    top = max(v.timeline for v in claimants if v.timeline is not None)
-    winners = [v for v in claimants if v.timeline == top]
+    top = max(v.epoch for v in claimants if v.epoch is not None)
+    winners = [v for v in claimants if v.epoch == top]
     if len(winners) > 1:
         return PrimaryElection(
             None,
             everyone,
             f"split brain: {', '.join(v.key for v in winners)} all claim primary on "
-            f"timeline {top}; refusing writes",
+            f"{epoch_name} {top}; refusing writes",
         )
     winner = winners[0]
     losers = tuple(v.key for v in claimants if v is not winner)
     return PrimaryElection(
         winner.key,
         losers,
-        f"split brain: {winner.key} on timeline {top} wins over "
-        + ", ".join(f"{v.key} (timeline {v.timeline})" for v in claimants if v is not winner),
+        f"split brain: {winner.key} on {epoch_name} {top} wins over "
+        + ", ".join(f"{v.key} ({epoch_name} {v.epoch})" for v in claimants if v is not winner),
     )

@@ -26,7 +26,8 @@ Role policy (see `vet_role`):
   the claim is a failed probe (WRONG_ROLE): configured roles win over a stray promotion.
 
 Split brain (several usable servers reporting the primary role) is decided by `elect_primary`:
-the highest timeline wins, the losers are fenced, and a fenced server gets no traffic at all.
+the highest epoch (PostgreSQL: timeline) wins, the losers are fenced, and a fenced server gets no
+traffic at all; without epochs, nobody wins and every claimant is fenced.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from dbbalancer.core.health import (
     Transition,
     elect_primary,
 )
+from dbbalancer.core.position import Position
 from dbbalancer.core.topology import Server, ServerRole
 
 __all__ = ["HealthMonitor", "Prober", "ServerStatus", "vet_role"]
@@ -68,18 +70,20 @@ def _is_downward(transition: Transition) -> bool:
 class ServerStatus:
     """A snapshot of one server for routing, the admin console and metrics.
 
-    `position` is the replication position in bytes (the write position on a primary, the
-    replayed position on a replica); `lag_bytes` is, for a replica, the elected primary's last
-    known position minus this replica's (clamped at 0; None when either is unknown); the
-    position, delay and load values come from the last good probe, `latency` from the last probe.
+    `epoch` is the protocol's promotion counter (PostgreSQL: timeline), `position` the replication
+    position (the write position on a primary, the applied position on a replica; see
+    `core.position`); `lag_bytes` is, for a replica, how many bytes it is behind the elected
+    primary's last known position (0 when it covers it; None when either is unknown or the
+    protocol cannot count bytes); the position, delay and load values come from the last good
+    probe, `latency` from the last probe.
     """
 
     server: Server
     state: HealthState
     usable: bool
     role: ObservedRole | None
-    timeline: int | None
-    position: int | None
+    epoch: int | None
+    position: Position | None
     lag_bytes: int | None
     replay_delay: float | None
     load: float | None
@@ -150,6 +154,7 @@ class HealthMonitor:
         fall: int = 3,
         fast_interval: float = 0.075,
         clock: Callable[[], float] = time.monotonic,
+        epoch_name: str = "epoch",
         on_transition: Callable[[Transition], None] | None = None,
         on_latency: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -172,6 +177,7 @@ class HealthMonitor:
         self._timeout = timeout
         self._fast_interval = fast_interval
         self._clock = clock
+        self._epoch_name = epoch_name  # what the protocol calls it, for election reasons
         self._on_transition = on_transition
         # Role checks happen in vet_role, where they can see the election; ServerHealth's own
         # expected_role check cannot, so it is left unset.
@@ -332,7 +338,7 @@ class HealthMonitor:
 
     def _reelect(self) -> None:
         views = [e.health.view() for e in self._entries.values() if e.health.usable]
-        election = elect_primary(views)
+        election = elect_primary(views, epoch_name=self._epoch_name)
         old = self._election
         self._election = election
         fenced = frozenset(election.fenced)
@@ -421,14 +427,15 @@ class HealthMonitor:
             primary_position = primary_good.position if primary_good is not None else None
             if primary_position is not None and position is not None:
                 # Both positions come from probes taken at different moments: a replica can
-                # look ahead of the primary by what was written in between.
-                lag = max(0, primary_position - position)
+                # look ahead of the primary by what was written in between (bytes_behind is
+                # 0 then, never negative).
+                lag = position.bytes_behind(primary_position)
         return ServerStatus(
             server=entry.server,
             state=health.state,
             usable=health.usable and not fenced,
             role=health.role,
-            timeline=health.timeline,
+            epoch=health.epoch,
             position=position,
             lag_bytes=lag,
             replay_delay=delay,

@@ -38,6 +38,7 @@ from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.backend import ServerConnection, ServerError, ServerUnavailable
 from dbbalancer.postgres.codec import Frame
+from dbbalancer.postgres.lsn import Lsn
 from dbbalancer.postgres.params import python_codec, quote_literal, sync_statement
 from dbbalancer.postgres.prepared import (
     PreparedStatement,
@@ -206,7 +207,7 @@ class Engine:
         self.ro_tx_to_replica = cluster.config.read_only_transactions.value == "replica"
         self.refuse_session_state = cluster.config.session_state is SessionStatePolicy.ERROR
         self.read_your_writes = cluster.config.read_your_writes and split
-        self.min_position: int | None = None  # the primary's position after our last write
+        self.min_position: Lsn | None = None  # the primary's position after our last write
         self._position_rows: list[bytes] | None = None
         self._skip_to_sync = False
         # What routing the current batch learnt of its Query and Parse frames (by id(frame),
@@ -1121,8 +1122,8 @@ class Engine:
         for data in rows:
             msg = codec.decode_backend(codec.parse_frame(data))
             if isinstance(msg, codec.DataRow) and msg.values and msg.values[0] is not None:
-                position = int(msg.values[0].split(b".")[0])
-                if self.min_position is None or position > self.min_position:
+                position = Lsn(int(msg.values[0].split(b".")[0]))
+                if self.min_position is None or not self.min_position.covers(position):
                     self.min_position = position
 
     def _abort_statement_transaction(self, server: ServerConnection) -> None:

@@ -30,6 +30,7 @@ from dbbalancer.postgres.backend import (
 )
 from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.framed import ConnectionClosed
+from dbbalancer.postgres.lsn import Lsn
 
 __all__ = ["PROBE_APPLICATION_NAME", "PROBE_QUERY", "PgProber", "parse_probe", "probe_failure"]
 
@@ -148,8 +149,9 @@ def parse_probe(messages: list[codec.BackendMessage], latency: float) -> ProbeRe
     return ProbeResult(
         ok=True,
         role=ObservedRole.REPLICA if in_recovery == "t" else ObservedRole.PRIMARY,
-        timeline=None if timeline is None else int(timeline),
-        position=None if position is None else int(position),
+        # The timeline is PostgreSQL's epoch: a promotion starts a higher one (elect_primary).
+        epoch=None if timeline is None else int(timeline),
+        position=None if position is None else Lsn(int(position)),
         # A standby's clock may run behind the primary's, making the age negative.
         replay_delay=None if delay is None else max(0.0, float(delay)),
         load=None if load is None else float(load),

@@ -167,6 +167,7 @@ class PostgresService:
                 timeout=cluster.health_check_timeout,
                 rise=cluster.rise,
                 fall=cluster.fall,
+                epoch_name="timeline",
                 on_latency=runtime.latency.observe,
             )
         return runtime

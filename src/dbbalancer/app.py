@@ -1,7 +1,9 @@
 """The composition root: config in, listeners and pools up, one TaskGroup, signals, drain.
 
-`App.run()` owns every task the balancer starts (client sessions, resets, the janitor) in a single
-asyncio.TaskGroup, so nothing outlives it. SIGTERM/SIGINT stop accepting and close clients as they
+`App.run()` starts one service per protocol the config's clusters use, built by the factory that
+`SERVICES` registers for that protocol (see compose.py for what a service does). It owns every
+task the balancer starts (client sessions, resets, the janitor) in a single asyncio.TaskGroup, so
+nothing outlives it. SIGTERM/SIGINT stop accepting and close clients as they
 become idle (at the latest after general.shutdown_timeout); SIGHUP re-reads and validates the
 config file and never crashes the process.
 """
@@ -14,30 +16,73 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from dbbalancer.config import Config, ConfigError, load_config
-from dbbalancer.postgres.service import PostgresService
+from dbbalancer.compose import ClientLimits, ProtocolService, ServiceFactory, Spawn
+from dbbalancer.config import Config, ConfigError, Protocol, load_config
+
+if TYPE_CHECKING:
+    from dbbalancer.postgres.service import PostgresService
 
 log = logging.getLogger(__name__)
 
 JANITOR_INTERVAL = 1.0
 
 
+def _postgres(config: Config, spawn: Spawn, limits: ClientLimits) -> ProtocolService:
+    # Imported here so that a protocol's code loads only when a config uses it.
+    from dbbalancer.postgres.service import PostgresService
+
+    return PostgresService(config, spawn, limits)
+
+
+#: The protocols this version serves, and how to build each one's service.
+SERVICES: Mapping[Protocol, ServiceFactory] = {Protocol.POSTGRES: _postgres}
+
+
+def unserved_protocols(
+    config: Config, services: Mapping[Protocol, ServiceFactory] = SERVICES
+) -> dict[Protocol, list[str]]:
+    """Clusters whose protocol no registered service serves, by protocol."""
+    unserved: dict[Protocol, list[str]] = {}
+    for cluster in config.clusters:
+        if cluster.protocol not in services:
+            unserved.setdefault(cluster.protocol, []).append(cluster.name)
+    return unserved
+
+
 class App:
     """One balancer instance."""
 
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        services: Mapping[Protocol, ServiceFactory] = SERVICES,
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self._factories = services
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
-        self.pg: PostgresService | None = None
-        self.pg_address: tuple[str, int] | None = None
+        # One service per protocol the clusters use, and where each one listens.
+        self.services: dict[Protocol, ProtocolService] = {}
+        self.addresses: dict[Protocol, tuple[str, int]] = {}
         self.started = threading.Event()
         self._daemons: list[asyncio.Task[None]] = []
+
+    @property
+    def pg(self) -> PostgresService | None:
+        """The PostgreSQL service while running (tests and tools inspect its clusters)."""
+        return cast("PostgresService | None", self.services.get(Protocol.POSTGRES))
+
+    @property
+    def pg_address(self) -> tuple[str, int] | None:
+        """Where the PostgreSQL listener is bound, once it is."""
+        return self.addresses.get(Protocol.POSTGRES)
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, daemon: bool = False) -> None:
         """Run `coro` inside the app's TaskGroup (it must handle its own errors).
@@ -82,14 +127,15 @@ class App:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                self.pg = PostgresService(self.config, self.spawn)
-                await self.pg.start_monitors()
-                listen = self.config.listen.postgres
-                if listen is not None and self.pg.clusters():
-                    server = await self.pg.start(listen.host, listen.port)
-                    sockname = server.sockets[0].getsockname()
-                    self.pg_address = (sockname[0], sockname[1])
-                    log.info("listening for PostgreSQL clients on %s:%d", *self.pg_address)
+                self.services = self._build_services()
+                for service in self.services.values():
+                    await service.start()
+                for protocol, service in self.services.items():
+                    listen = self.config.listen.address(protocol)
+                    if listen is not None:
+                        address = await service.serve(listen.host, listen.port)
+                        self.addresses[protocol] = address
+                        log.info("listening for %s clients on %s:%d", service.title, *address)
                 janitor = tg.create_task(self._janitor())
                 self.started.set()
                 if on_ready is not None:
@@ -98,12 +144,27 @@ class App:
                 log.info("shutting down: no new connections; closing clients as they go idle")
                 await self._drain()
                 janitor.cancel()
-                await self.pg.close_probes()
+                for service in self.services.values():
+                    await service.stop()
                 self._cancel_daemons()
         finally:
             for sig in handlers:
                 loop.remove_signal_handler(sig)
             self._tg = None
+
+    def _build_services(self) -> dict[Protocol, ProtocolService]:
+        """A service for every protocol some cluster uses; the client limits are shared."""
+        unserved = unserved_protocols(self.config, self._factories)
+        if unserved:
+            names = ", ".join(p.value for p in unserved)
+            raise ValueError(f"this version does not serve protocol {names}")
+        limits = ClientLimits(self.config.general.max_client_connections)
+        protocols = {cluster.protocol for cluster in self.config.clusters}
+        return {
+            protocol: factory(self.config, self.spawn, limits)
+            for protocol, factory in self._factories.items()
+            if protocol in protocols
+        }
 
     def _cancel_daemons(self) -> None:
         """Cancel long-running tasks (health monitors) so the TaskGroup can finish."""
@@ -128,23 +189,17 @@ class App:
     async def _janitor(self) -> None:
         while True:
             await asyncio.sleep(JANITOR_INTERVAL)
-            if self.pg is not None:
+            for service in self.services.values():
                 try:
-                    await self.pg.maintain()
+                    await service.maintain()
                 except Exception:
                     log.exception("janitor tick failed")
 
     async def _drain(self) -> None:
-        pg = self.pg
-        if pg is None:
-            return
-        if pg.server is not None:
-            pg.server.close()
+        """Stop every listener at once, then let each service close its clients by one deadline."""
         deadline = time.monotonic() + self.config.general.shutdown_timeout
-        while pg.sessions and time.monotonic() < deadline:
-            pg.close_idle_sessions()
-            if not pg.sessions:
-                break
-            await asyncio.sleep(0.05)
-        pg.close_all_sessions()
-        pg.close()
+        services = list(self.services.values())
+        if len(services) == 1:
+            await services[0].drain(deadline)
+        else:
+            await asyncio.gather(*(service.drain(deadline) for service in services))

@@ -81,16 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK")
         return 0
 
-    from dbbalancer.app import App
-    from dbbalancer.config import Protocol
+    from dbbalancer.app import App, unserved_protocols
 
-    mysql = [c.name for c in loaded.clusters if c.protocol is Protocol.MYSQL]
-    if mysql:
+    unserved = unserved_protocols(loaded)
+    for protocol, names in unserved.items():
         print(
-            f'{args.config}: clusters {", ".join(mysql)} use protocol = "mysql", which this '
-            'version does not serve yet; use protocol = "postgres" or remove them',
+            f'{args.config}: clusters {", ".join(names)} use protocol = "{protocol.value}", which '
+            'this version does not serve yet; use protocol = "postgres" or remove them',
             file=sys.stderr,
         )
+    if unserved:
         return 1
     _setup_logging(args.log_level or loaded.general.log_level.value)
     app = App(loaded, config_path=args.config)

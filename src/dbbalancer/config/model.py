@@ -40,6 +40,8 @@ from dbbalancer.config.units import (
     parse_lag_limit,
     parse_size,
 )
+from dbbalancer.core.balance import Policy
+from dbbalancer.core.topology import ServerRole
 
 __all__ = [
     "INVARIANTS_ERROR",
@@ -123,23 +125,10 @@ class AuthMethod(StrEnum):
     TRUST = "trust"
 
 
-class Role(StrEnum):
-    """A server's configured role; ``auto`` asks the server (``pg_is_in_recovery()``)."""
-
-    PRIMARY = "primary"
-    REPLICA = "replica"
-    AUTO = "auto"
-
-
-class Balance(StrEnum):
-    """How reads are spread over the eligible replicas."""
-
-    ROUND_ROBIN = "round_robin"
-    RANDOM = "random"
-    LEAST_CONNECTIONS = "least_connections"
-    WEIGHTED = "weighted"
-    LEAST_LATENCY = "least_latency"
-    LEAST_LOAD = "least_load"
+# A server's configured role (``auto``: learn it from health probes) and the read balancing
+# policy are the core's own enums: the file spells their values, the runtime uses them as parsed.
+Role = ServerRole
+Balance = Policy
 
 
 class ReplicaFallback(StrEnum):

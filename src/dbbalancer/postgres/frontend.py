@@ -16,6 +16,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING
 
+from dbbalancer.compose import reset_and_release
 from dbbalancer.config import AuthMethod, PoolMode, UserConfig
 from dbbalancer.core.cluster import NoServerAvailable
 from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
@@ -475,19 +476,7 @@ class ClientSession(FramedProtocol):
         if not clean or server.broken:
             pool.release(server, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
         else:
-            self.service.spawn(_reset_and_release(pool, server))
-
-
-async def _reset_and_release(pool: Pool[ServerConnection], server: ServerConnection) -> None:
-    """Run the reset query, then give the connection back (or drop it if the reset fails)."""
-    try:
-        async with asyncio.timeout(5):
-            await server.reset()
-    except Exception as exc:
-        log.info("%r: reset failed (%s); dropping it", server, exc)
-        pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
-        return
-    pool.release(server)
+            self.service.spawn(reset_and_release(pool, server))
 
 
 class Refused(Exception):

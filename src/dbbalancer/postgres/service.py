@@ -1,8 +1,10 @@
 """The PostgreSQL side of the balancer: listener, clusters, users and cancel keys.
 
-Owned by the app (the composition root); it turns the typed config into runtime objects and hands
-client sessions what they need. There is one service per balancer instance: no module-level state,
-so two balancers can run in one process (the tests do).
+The app builds it from its registry (a compose.ProtocolService); the protocol-neutral runtime
+of each cluster (pools, balancer, health monitor) comes from compose.build_cluster, given this
+module's connect coroutine and prober. What stays here speaks PostgreSQL: SCRAM verifiers, cancel
+keys, function volatility and the idle-in-transaction check. There is one service per balancer
+instance: no module-level state, so two balancers can run in one process (the tests do).
 """
 
 from __future__ import annotations
@@ -12,24 +14,21 @@ import contextlib
 import logging
 import secrets
 import time
-import typing
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
-from dbbalancer.config import (
-    ClusterConfig,
-    Config,
-    GeneralConfig,
-    Protocol,
-    ReplicaFallback,
-    UserConfig,
+from dbbalancer.compose import (
+    ClientLimits,
+    Spawn,
+    TooManyClients,
+    build_cluster,
+    drain_sessions,
+    probe_user,
+    servers_of,
+    start_monitors,
 )
-from dbbalancer.core.balance import Policy
-from dbbalancer.core.cluster import Cluster, ReplicaPolicy
-from dbbalancer.core.monitor import HealthMonitor
-from dbbalancer.core.pool import PoolLimits
-from dbbalancer.core.topology import Server, ServerRole
+from dbbalancer.config import ClusterConfig, Config, GeneralConfig, Protocol, UserConfig
+from dbbalancer.core.cluster import Cluster
+from dbbalancer.core.topology import Server
 from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
 from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
 from dbbalancer.postgres.classify import Classifier
@@ -38,14 +37,9 @@ from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.probe import PgProber
 from dbbalancer.postgres.volatility import VolatilityLoader
 
+__all__ = ["PgCluster", "PostgresService", "Spawn", "servers_of"]
+
 log = logging.getLogger(__name__)
-
-
-class Spawn(typing.Protocol):
-    """Runs a coroutine in the app's TaskGroup."""
-
-    def __call__(self, coro: Coroutine[Any, Any, None], *, daemon: bool = False) -> None:
-        """Start `coro`; a daemon runs until shutdown cancels it."""
 
 
 @dataclass(slots=True)
@@ -59,27 +53,17 @@ class PgCluster:
     known_statements: StatementCache = field(default_factory=lambda: StatementCache(10_000))
 
 
-def servers_of(cluster: ClusterConfig) -> list[Server]:
-    """Server identities from the config."""
-    return [
-        Server(
-            name=s.name or str(s.address),
-            host=s.address.host,
-            port=s.address.port,
-            role=ServerRole(s.role.value),
-            weight=float(s.weight),
-        )
-        for s in cluster.servers
-    ]
-
-
 class PostgresService:
-    """Everything the PostgreSQL listener needs, built from one Config."""
+    """Everything the PostgreSQL listener needs, built from one Config (a ProtocolService)."""
 
-    def __init__(self, config: Config, spawn: Spawn) -> None:
+    protocol = Protocol.POSTGRES
+    title = "PostgreSQL"
+
+    def __init__(self, config: Config, spawn: Spawn, limits: ClientLimits | None = None) -> None:
         self.config = config
         self.settings: GeneralConfig = config.general
         self.spawn = spawn
+        self.limits = limits or ClientLimits(config.general.max_client_connections)
         self._users = {u.name: u for u in config.users}
         self._verifiers: dict[str, ScramVerifier] = {}
         self._decoy: ScramVerifier | None = None
@@ -89,92 +73,63 @@ class PostgresService:
         self._volatility: dict[str, VolatilityLoader] = {}
         for cluster in config.clusters:
             if cluster.protocol is Protocol.POSTGRES:
-                runtime = self._make_runtime(cluster)
+                runtime: Cluster[ServerConnection] = build_cluster(
+                    config,
+                    cluster,
+                    connect=self._connect,
+                    make_prober=self._make_prober,
+                    epoch_name="timeline",
+                )
                 self._clusters[cluster.name] = PgCluster(cluster, runtime)
-                if cluster.min_pool_size:
-                    # The janitor opens min_pool_size connections in every pool from the start.
-                    for user in config.users:
-                        for server in runtime.servers:
-                            runtime.pool(user.name, server)
-                self._classifiers.setdefault(cluster.name, Classifier())
+                classifier = self._classifiers.setdefault(cluster.name, Classifier())
+                self._add_volatility_loader(cluster, runtime, classifier)
         self._cancel: dict[tuple[int, int], ClientSession] = {}
-        self._clients_total = 0
-        self._clients_by_user: dict[str, int] = {}
         self.server: asyncio.Server | None = None
         self.sessions: set[ClientSession] = set()
         # (cluster, user, start-up settings) -> the ParameterStatus values a client was sent.
         self.welcome: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
 
-    def _make_runtime(self, cluster: ClusterConfig) -> Cluster[ServerConnection]:
-        general = self.config.general
-
-        async def connect(server: Server, user_name: str) -> ServerConnection:
-            user = self._users[user_name]
-            conn = await connect_server(
-                server,
-                user=user.name,
-                password=user.login_password,
-                database=cluster.server_database,
-                connect_timeout=general.server_connect_timeout,
-                max_length=general.max_message_size,
-            )
-            conn.statements.capacity = cluster.max_prepared_statements
-            return conn
-
-        def limits(_user: str) -> PoolLimits:
-            return PoolLimits(
-                size=cluster.pool_size,
-                min_size=cluster.min_pool_size,
-                reserve_size=cluster.reserve_pool_size,
-                reserve_timeout=cluster.reserve_pool_timeout,
-                idle_timeout=cluster.server_idle_timeout,
-                lifetime=cluster.server_lifetime,
-            )
-
-        lag = cluster.max_replica_lag
-        policy = ReplicaPolicy(
-            balance=Policy(cluster.balance.value),
-            max_lag_seconds=lag.max_seconds if lag is not None else None,
-            max_lag_bytes=lag.max_bytes if lag is not None else None,
-            fallback_to_primary=cluster.replica_fallback is ReplicaFallback.PRIMARY,
-            primary_wait=cluster.primary_wait_timeout,
+    async def _connect(
+        self, cluster: ClusterConfig, server: Server, user: UserConfig
+    ) -> ServerConnection:
+        """Open and log in one server connection (compose.Connect)."""
+        conn = await connect_server(
+            server,
+            user=user.name,
+            password=user.login_password,
+            database=cluster.server_database,
+            connect_timeout=self.settings.server_connect_timeout,
+            max_length=self.settings.max_message_size,
         )
-        runtime = Cluster(
-            cluster.name, servers_of(cluster), connect=connect, limits=limits, policy=policy
-        )
-        prober_user = self._probe_user()
-        if prober_user is not None:
-            prober = PgProber(
-                user=prober_user.name,
-                password=prober_user.login_password,
-                database=cluster.server_database,
-                connect_timeout=min(general.server_connect_timeout, cluster.health_check_timeout),
-            )
-            self._probers.append(prober)
-            self._volatility[cluster.name] = VolatilityLoader(
-                self._classifiers.setdefault(cluster.name, Classifier()),
-                runtime.primary,
-                user=prober_user.name,
-                password=prober_user.login_password,
-                database=cluster.server_database,
-                connect_timeout=general.server_connect_timeout,
-            )
-            runtime.monitor = HealthMonitor(
-                cluster.name,
-                runtime.servers,
-                prober,
-                interval=cluster.health_check_interval,
-                timeout=cluster.health_check_timeout,
-                rise=cluster.rise,
-                fall=cluster.fall,
-                epoch_name="timeline",
-                on_latency=runtime.latency.observe,
-            )
-        return runtime
+        conn.statements.capacity = cluster.max_prepared_statements
+        return conn
 
-    def _probe_user(self) -> UserConfig | None:
-        """The user whose credentials the health probes log in with (the first one listed)."""
-        return self.config.users[0] if self.config.users else None
+    def _make_prober(self, cluster: ClusterConfig, user: UserConfig) -> PgProber:
+        """The health prober of `cluster` (compose.MakeProber); closed by `stop()`."""
+        prober = PgProber(
+            user=user.name,
+            password=user.login_password,
+            database=cluster.server_database,
+            connect_timeout=min(self.settings.server_connect_timeout, cluster.health_check_timeout),
+        )
+        self._probers.append(prober)
+        return prober
+
+    def _add_volatility_loader(
+        self, cluster: ClusterConfig, runtime: Cluster[ServerConnection], classifier: Classifier
+    ) -> None:
+        """Learn function volatility from the primary, logging in as the probes do."""
+        user = probe_user(self.config)
+        if user is None:
+            return
+        self._volatility[cluster.name] = VolatilityLoader(
+            classifier,
+            runtime.primary,
+            user=user.name,
+            password=user.login_password,
+            database=cluster.server_database,
+            connect_timeout=self.settings.server_connect_timeout,
+        )
 
     def classifier(self, cluster: str) -> Classifier:
         """The statement classifier of `cluster` (cache and learnt volatility per cluster)."""
@@ -223,33 +178,21 @@ class PostgresService:
         """Count a logged-in client, refusing it over max_client_connections (SQLSTATE 53300)."""
         user = session.user
         assert user is not None
-        if self._clients_total >= self.settings.max_client_connections:
-            raise Refused(
-                "53300",
-                "too many client connections "
-                f"(general.max_client_connections = {self.settings.max_client_connections})",
-            )
-        count = self._clients_by_user.get(user.name, 0)
-        if user.max_client_connections is not None and count >= user.max_client_connections:
-            raise Refused(
-                "53300",
-                f'too many connections for user "{user.name}" '
-                f"(max_client_connections = {user.max_client_connections})",
-            )
-        self._clients_total += 1
-        self._clients_by_user[user.name] = count + 1
+        try:
+            self.limits.admit(user)
+        except TooManyClients as exc:
+            raise Refused("53300", str(exc)) from None
 
     def client_disconnected(self, session: ClientSession) -> None:
         """Undo `client_connected`."""
         user = session.user
         assert user is not None
-        self._clients_total -= 1
-        self._clients_by_user[user.name] -= 1
+        self.limits.leave(user)
 
     @property
     def client_count(self) -> int:
         """Logged-in clients."""
-        return self._clients_total
+        return self.limits.count
 
     # -- cancel requests ------------------------------------------------------------------------
 
@@ -273,15 +216,14 @@ class PostgresService:
             return
         await send_cancel(server.server, *server.backend_key, self.settings.server_connect_timeout)
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- lifecycle (compose.ProtocolService) ------------------------------------------------
 
-    async def start_monitors(self, first_round_limit: float = 2.0) -> None:
-        """Start the health monitors and wait (briefly) for their first round of probes."""
-        monitors = [c.runtime.monitor for c in self._clusters.values() if c.runtime.monitor]
-        for monitor in monitors:
-            self.spawn(_run_monitor(monitor), daemon=True)
-        for monitor in monitors:
-            await monitor.wait_first_round(first_round_limit)
+    async def start(self, first_round_limit: float = 2.0) -> None:
+        """Start the health monitors and wait (briefly) for their first round of probes; then
+        the function volatility loaders, likewise."""
+        await start_monitors(
+            [c.runtime for c in self._clusters.values()], self.spawn, first_round_limit
+        )
         for loader in self._volatility.values():
             self.spawn(_run_loader(loader), daemon=True)
         for loader in self._volatility.values():
@@ -295,13 +237,14 @@ class PostgresService:
         if loader is not None:
             loader.poke()
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
+    async def serve(self, host: str, port: int) -> tuple[str, int]:
         """Listen for clients."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: ClientSession(self), host, port, reuse_address=True, backlog=1024
         )
-        return self.server
+        sockname = self.server.sockets[0].getsockname()
+        return (sockname[0], sockname[1])
 
     async def maintain(self) -> None:
         """One janitor tick: pools of every cluster, and idle_transaction_timeout."""
@@ -322,16 +265,13 @@ class PostgresService:
         for cluster in self._clusters.values():
             await cluster.runtime.maintain()
 
-    def close_idle_sessions(self) -> None:
-        """Shutdown: close every client between transactions (SQLSTATE 57P01, as PostgreSQL)."""
-        for session in list(self.sessions):
-            if session.is_idle():
-                session.shutdown()
-
-    def close_all_sessions(self) -> None:
-        """Shutdown timeout reached: close every client now."""
-        for session in list(self.sessions):
-            session.shutdown()
+    async def drain(self, deadline: float) -> None:
+        """Shutdown: stop listening, close clients between transactions (SQLSTATE 57P01, as
+        PostgreSQL does) until `deadline`, then every client; then close the pools."""
+        if self.server is not None:
+            self.server.close()
+        await drain_sessions(self.sessions, deadline)
+        self.close()
 
     def close(self) -> None:
         """Stop listening and close the pools."""
@@ -340,7 +280,7 @@ class PostgresService:
         for cluster in self._clusters.values():
             cluster.runtime.close()
 
-    async def close_probes(self) -> None:
+    async def stop(self) -> None:
         """Close the health probes' connections."""
         for prober in self._probers:
             await prober.close()
@@ -353,12 +293,3 @@ async def _run_loader(loader: VolatilityLoader) -> None:
         raise
     except Exception:
         log.exception("function volatility loader stopped")
-
-
-async def _run_monitor(monitor: HealthMonitor) -> None:
-    try:
-        await monitor.run()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("health monitor of cluster %s stopped", monitor.cluster_name)

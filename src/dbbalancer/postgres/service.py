@@ -27,12 +27,14 @@ from dbbalancer.config import (
 )
 from dbbalancer.core.balance import Policy
 from dbbalancer.core.cluster import Cluster, ReplicaPolicy
+from dbbalancer.core.errors import ErrorCode
 from dbbalancer.core.monitor import HealthMonitor
 from dbbalancer.core.pool import PoolLimits
 from dbbalancer.core.topology import Server, ServerRole
 from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
 from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
 from dbbalancer.postgres.classify import Classifier
+from dbbalancer.postgres.errors import sqlstate_of
 from dbbalancer.postgres.frontend import ClientSession, Refused
 from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.probe import PgProber
@@ -224,14 +226,14 @@ class PostgresService:
         assert user is not None
         if self._clients_total >= self.settings.max_client_connections:
             raise Refused(
-                "53300",
+                sqlstate_of(ErrorCode.CLIENT_LIMIT),
                 "too many client connections "
                 f"(general.max_client_connections = {self.settings.max_client_connections})",
             )
         count = self._clients_by_user.get(user.name, 0)
         if user.max_client_connections is not None and count >= user.max_client_connections:
             raise Refused(
-                "53300",
+                sqlstate_of(ErrorCode.CLIENT_LIMIT),
                 f'too many connections for user "{user.name}" '
                 f"(max_client_connections = {user.max_client_connections})",
             )
@@ -314,7 +316,7 @@ class PostgresService:
             if limit and engine.idle_in_transaction(now, limit):
                 log.info("%r: idle in transaction for over %gs; closing it", session, limit)
                 session.fatal(
-                    "25P03",
+                    sqlstate_of(ErrorCode.IDLE_TRANSACTION_TIMEOUT),
                     "terminating connection due to idle-in-transaction timeout "
                     f"(idle_transaction_timeout = {limit:g}s)",
                 )

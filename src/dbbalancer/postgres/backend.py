@@ -17,21 +17,18 @@ import time
 from typing import Protocol, cast
 
 from dbbalancer.core.cluster import ServerConnectError
+from dbbalancer.core.errors import SERVER_GOING_AWAY
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.auth import ScramClient, md5_response
 from dbbalancer.postgres.codec import ProtocolError
+from dbbalancer.postgres.errors import class_of
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
 from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.responses import ResponseTracker
 from dbbalancer.postgres.stream import BoundaryScanner
 
 log = logging.getLogger(__name__)
-
-
-# Login refusals that say the server is going away or not up yet (admin/crash shutdown, cannot
-# connect now).
-_GOING_AWAY = frozenset(("57P01", "57P02", "57P03"))
 
 
 class ServerError(Exception):
@@ -346,7 +343,7 @@ async def connect_server(
     except ProtocolError as bad:
         raise ServerUnavailable(f"server {server.name}: {bad.message}") from bad
     except ServerError as refused:
-        if refused.sqlstate in _GOING_AWAY:
+        if class_of(refused.sqlstate) in SERVER_GOING_AWAY:
             # Shutting down, starting up, in recovery, or terminated: the server, not the
             # request, is the problem. Reads move to another replica, writes wait for a primary.
             raise ServerUnavailable(f"server {server.name}: {refused}") from refused

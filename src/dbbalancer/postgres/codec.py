@@ -30,6 +30,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias, TypeVar
 
+from dbbalancer.core.errors import ErrorCode
+from dbbalancer.postgres.errors import sqlstate_of
+
 __all__ = [
     "CANCEL_REQUEST_CODE",
     "DEFAULT_MAX_MESSAGE_LENGTH",
@@ -124,15 +127,18 @@ _U32_MASK: Final = 0xFFFFFFFF
 # it the unread tail is usually a few bytes and moving it is cheaper than keeping the offset.
 _COMPACT_AT: Final = 64 * 1024
 
+_PROTOCOL_VIOLATION: Final = sqlstate_of(ErrorCode.PROTOCOL_VIOLATION)
+
 
 class ProtocolError(Exception):
     """Malformed, oversized or unsupported input from a peer.
 
-    ``sqlstate`` defaults to ``08P01`` (protocol_violation), the code PostgreSQL reports for
-    malformed messages; the proxy turns the error into an ErrorResponse carrying it.
+    ``sqlstate`` defaults to that of ErrorCode.PROTOCOL_VIOLATION (``08P01``), the code
+    PostgreSQL reports for malformed messages; the proxy turns the error into an ErrorResponse
+    carrying it.
     """
 
-    def __init__(self, message: str, sqlstate: str = "08P01") -> None:
+    def __init__(self, message: str, sqlstate: str = _PROTOCOL_VIOLATION) -> None:
         super().__init__(message)
         self.message = message
         self.sqlstate = sqlstate
@@ -660,7 +666,7 @@ def _decode_startup(packet: bytes) -> StartupPacket:
     if major != 3:
         raise ProtocolError(
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
-            "0A000",
+            sqlstate_of(ErrorCode.UNSUPPORTED_PROTOCOL_VERSION),
         )
     if packet[-1] != 0:
         raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
@@ -678,7 +684,10 @@ def _decode_startup(packet: bytes) -> StartupPacket:
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"invalid UTF-8 in startup packet: {exc.reason}") from None
     if not parameters.get("user"):
-        raise ProtocolError("no PostgreSQL user name specified in startup packet", "28000")
+        raise ProtocolError(
+            "no PostgreSQL user name specified in startup packet",
+            sqlstate_of(ErrorCode.NO_USER_NAME),
+        )
     return StartupMessage(code, parameters)
 
 
@@ -1531,7 +1540,10 @@ def _d_authentication(frame: Frame) -> _Authentication:
     elif code == AuthenticationType.SASL_FINAL:
         result = AuthenticationSASLFinal(cur.rest())
     else:
-        raise ProtocolError(f"unsupported authentication request {code} from server", "0A000")
+        raise ProtocolError(
+            f"unsupported authentication request {code} from server",
+            sqlstate_of(ErrorCode.UNSUPPORTED_SERVER_AUTHENTICATION),
+        )
     cur.done()
     return result
 

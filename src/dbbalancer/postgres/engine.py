@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from dbbalancer.config import PoolMode, SessionStatePolicy
 from dbbalancer.core.cluster import NoServerAvailable
+from dbbalancer.core.errors import PROBE_AT_ONCE, RETRY_ON_PRIMARY, ErrorCode
 from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
 from dbbalancer.core.routing import Decision, RouteReason, Target, decide
 from dbbalancer.core.statement import (
@@ -38,6 +39,7 @@ from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.backend import ServerConnection, ServerError, ServerUnavailable
 from dbbalancer.postgres.codec import Frame
+from dbbalancer.postgres.errors import class_of, sqlstate_of
 from dbbalancer.postgres.lsn import Lsn
 from dbbalancer.postgres.params import python_codec, quote_literal, sync_statement
 from dbbalancer.postgres.prepared import (
@@ -77,7 +79,9 @@ CLEAR_SEQUENCES = (
 _CLEAR_REQUESTS = (Request.PARSE, Request.BIND, Request.EXECUTE, Request.CLOSE)
 _REFUSAL_NAME = "dbb_refusal"
 _SEQUENCE_REFUSAL = (
-    "DO $dbb$BEGIN RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = "
+    "DO $dbb$BEGIN RAISE EXCEPTION USING ERRCODE = "
+    + quote_literal(sqlstate_of(ErrorCode.SEQUENCE_STATE_UNAVAILABLE))
+    + ", MESSAGE = "
     + quote_literal(
         "currval()/lastval() cannot be answered for this session: the server connection that "
         "ran its last nextval() has since served another client (transaction pooling)"
@@ -102,12 +106,8 @@ POSITION_QUERY = codec.Query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").enco
 
 # Server errors after which a connection's session is gone or the server is going away.
 _BACKLOG_PAUSE = 256
-_READ_ONLY_SQLSTATE = "25006"
 # Extended-protocol messages that do not end a batch: Parse, Bind, Describe, Execute, Close.
 _PIPELINED = frozenset((b"P", b"B", b"D", b"E", b"C"))
-# Errors on live traffic after which the server is probed at once: read-only (a demoted primary),
-# admin shutdown, crash shutdown, cannot connect now.
-_PROBE_NOW = frozenset(("25006", "57P01", "57P02", "57P03"))
 # The proxy's server-side statement names (prepared.server_statement_name), to hide in errors.
 _SERVER_NAME_MARK = b"dbb_"
 _SERVER_NAME = re.compile(rb"dbb_[0-9a-f]{20}")
@@ -367,7 +367,7 @@ class Engine:
             self.backlog.pop(0)
             self._refuse(
                 first,
-                "0A000",
+                sqlstate_of(ErrorCode.TRANSACTION_IN_STATEMENT_MODE),
                 "transactions are not allowed in statement pooling",
                 'use pool_mode = "transaction" for this user or cluster',
             )
@@ -422,7 +422,7 @@ class Engine:
             # It died while the session was between statements (nobody was attached to hear).
             self.home = None
             self.session.fatal(
-                "08006",
+                sqlstate_of(ErrorCode.SERVER_CONNECTION_LOST),
                 f"server connection to {home.server.name} was lost",
                 hint="reconnect; the server may be restarting",
             )
@@ -483,7 +483,10 @@ class Engine:
         except Exception:
             log.exception("%r: acquiring a server failed", self.session)
             self.acquiring = False
-            self._fail_unit("XX000", "internal error in dbbalancer while choosing a server")
+            self._fail_unit(
+                sqlstate_of(ErrorCode.INTERNAL_ERROR),
+                "internal error in dbbalancer while choosing a server",
+            )
             return
         self.acquiring = False
         if self.closed:
@@ -787,7 +790,7 @@ class Engine:
             reasons = ", ".join(p.value for p in c.pins)
             self._refuse(
                 frame,
-                "0A000",
+                sqlstate_of(ErrorCode.SESSION_STATE_REFUSED),
                 f"statement keeps session state ({reasons}), which this pool refuses",
                 'set session_state = "pin" on the cluster, or use pool_mode = "session"',
             )
@@ -795,7 +798,7 @@ class Engine:
         if self.mode is PoolMode.STATEMENT and _begins_transaction(c):
             self._refuse(
                 frame,
-                "0A000",
+                sqlstate_of(ErrorCode.TRANSACTION_IN_STATEMENT_MODE),
                 "transactions are not allowed in statement pooling",
                 'use pool_mode = "transaction" for this user or cluster',
             )
@@ -947,10 +950,11 @@ class Engine:
                     unit.errors += 1
                     msg = codec.decode_backend(frame)
                     sqlstate = msg.sqlstate if isinstance(msg, codec.ErrorResponse) else ""
-                    if sqlstate in _PROBE_NOW:
+                    error_class = class_of(sqlstate)
+                    if error_class in PROBE_AT_ONCE:
                         self.cluster.runtime.poke(server.server)
                     if (
-                        sqlstate == _READ_ONLY_SQLSTATE
+                        error_class in RETRY_ON_PRIMARY
                         and unit.retry_frames is not None
                         and not unit.rows_sent
                     ):
@@ -1132,7 +1136,7 @@ class Engine:
         server.tracker.expect(Request.QUERY, visible=False)
         self._flush()
         self.session.fatal(
-            "0A000",
+            sqlstate_of(ErrorCode.TRANSACTION_IN_STATEMENT_MODE),
             "transactions are not allowed in statement pooling; it was rolled back",
             hint='use pool_mode = "transaction" for this user or cluster',
         )
@@ -1180,7 +1184,7 @@ class Engine:
             self.home = None
             self.server = None
             self.session.fatal(
-                "08006",
+                sqlstate_of(ErrorCode.SERVER_CONNECTION_LOST),
                 f"server connection to {server.server.name} was lost",
                 hint="reconnect; the server may be restarting",
             )
@@ -1223,7 +1227,7 @@ class Engine:
             log.warning("%r: session state lost with %s", self.session, server.server.name)
             state.pins.clear()
         error = codec.error_response(
-            "08006",
+            sqlstate_of(ErrorCode.SERVER_CONNECTION_LOST),
             f"server connection to {server.server.name} was lost; "
             "the transaction, if any, did not commit",
             severity="ERROR",
@@ -1307,5 +1311,5 @@ def _begins_transaction(c: Classification) -> bool:
 
 def _sqlstate_for(exc: Exception) -> str:
     if isinstance(exc, PoolTimeout):
-        return "53300"
-    return "08006"
+        return sqlstate_of(ErrorCode.POOL_TIMEOUT)
+    return sqlstate_of(ErrorCode.SERVER_UNAVAILABLE)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from dbbalancer.compose import reset_and_release
 from dbbalancer.config import AuthMethod, PoolMode, UserConfig
 from dbbalancer.core.cluster import NoServerAvailable
+from dbbalancer.core.errors import ErrorCode
 from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
 from dbbalancer.core.routing import Target
 from dbbalancer.postgres import codec
@@ -34,6 +35,7 @@ from dbbalancer.postgres.backend import (
 )
 from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.engine import Engine
+from dbbalancer.postgres.errors import sqlstate_of
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
 from dbbalancer.postgres.params import parse_options, sync_statement
 from dbbalancer.postgres.stream import FrontendScanner
@@ -177,7 +179,7 @@ class ClientSession(FramedProtocol):
         if self.server is server:
             self.server = None
             self._send_error(
-                "08006",
+                sqlstate_of(ErrorCode.SERVER_CONNECTION_LOST),
                 f"server connection to {server.server.name} was lost",
                 hint="reconnect; the server may be restarting",
             )
@@ -203,7 +205,9 @@ class ClientSession(FramedProtocol):
         except ProtocolError as exc:
             self._fail(exc)
         except TimeoutError:
-            self._send_error("08P01", "client did not finish logging in in time")
+            self._send_error(
+                sqlstate_of(ErrorCode.LOGIN_TIMEOUT), "client did not finish logging in in time"
+            )
             self.close()
         except ConnectionClosed:
             pass
@@ -212,7 +216,9 @@ class ClientSession(FramedProtocol):
             self.close()
         except Exception:
             log.exception("%r: unexpected error", self)
-            self._send_error("XX000", "internal error in dbbalancer; see its log")
+            self._send_error(
+                sqlstate_of(ErrorCode.INTERNAL_ERROR), "internal error in dbbalancer; see its log"
+            )
             self.close()
         finally:
             self._release_server()
@@ -267,11 +273,17 @@ class ClientSession(FramedProtocol):
             "0",
             "no",
         ):
-            raise Refused("0A000", "dbbalancer does not proxy replication connections")
+            raise Refused(
+                sqlstate_of(ErrorCode.REPLICATION_REFUSED),
+                "dbbalancer does not proxy replication connections",
+            )
         user_name = startup.user
         database = startup.database
         if not user_name:
-            raise Refused("28000", "no PostgreSQL user name specified in startup packet")
+            raise Refused(
+                sqlstate_of(ErrorCode.NO_USER_NAME),
+                "no PostgreSQL user name specified in startup packet",
+            )
 
         user = self.service.user(user_name)
         await self._authenticate(user_name, user)
@@ -280,7 +292,7 @@ class ClientSession(FramedProtocol):
         cluster = self.service.cluster(database)
         if cluster is None:
             raise Refused(
-                "3D000",
+                sqlstate_of(ErrorCode.UNKNOWN_DATABASE),
                 f'database "{database}" does not exist',
                 hint="dbbalancer serves: " + ", ".join(self.service.cluster_names()),
             )
@@ -358,7 +370,10 @@ class ClientSession(FramedProtocol):
         method = user.auth if user is not None else AuthMethod.SCRAM_SHA_256
         if method is AuthMethod.TRUST:
             return
-        failed = Refused("28P01", f'password authentication failed for user "{name}"')
+        failed = Refused(
+            sqlstate_of(ErrorCode.AUTHENTICATION_FAILED),
+            f'password authentication failed for user "{name}"',
+        )
         if method is AuthMethod.MD5:
             salt = os.urandom(4)
             self.write(codec.AuthenticationMD5Password(salt).encode())
@@ -375,7 +390,8 @@ class ClientSession(FramedProtocol):
         initial = codec.decode_sasl_initial_response(await self.next_frame())
         if initial.mechanism != "SCRAM-SHA-256":
             raise Refused(
-                "28000", f"SASL mechanism {initial.mechanism!r} is not supported; use SCRAM-SHA-256"
+                sqlstate_of(ErrorCode.UNSUPPORTED_AUTHENTICATION_MECHANISM),
+                f"SASL mechanism {initial.mechanism!r} is not supported; use SCRAM-SHA-256",
             )
         scram = ScramServer(verifier)
         try:
@@ -398,9 +414,9 @@ class ClientSession(FramedProtocol):
             )
             return server, pool
         except PoolTimeout as timeout:
-            raise Refused("53300", str(timeout)) from None
+            raise Refused(sqlstate_of(ErrorCode.POOL_TIMEOUT), str(timeout)) from None
         except (NoServerAvailable, ServerUnavailable, PoolClosed) as unavailable:
-            raise Refused("08006", str(unavailable)) from None
+            raise Refused(sqlstate_of(ErrorCode.SERVER_UNAVAILABLE), str(unavailable)) from None
         except ServerError as refused:
             raise Refused(
                 refused.sqlstate, f"server refused the pooled login: {refused.message}"
@@ -458,7 +474,10 @@ class ClientSession(FramedProtocol):
 
     def shutdown(self) -> None:
         """Close this client because the balancer is stopping."""
-        self._send_error("57P01", "terminating connection: dbbalancer is shutting down")
+        self._send_error(
+            sqlstate_of(ErrorCode.SHUTTING_DOWN),
+            "terminating connection: dbbalancer is shutting down",
+        )
         self._forwarding = False
         self._release_server()
         self.close()

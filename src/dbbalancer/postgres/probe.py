@@ -18,6 +18,7 @@ import logging
 import time
 from decimal import Decimal, InvalidOperation
 
+from dbbalancer.core.errors import SERVER_GOING_AWAY, ErrorClass
 from dbbalancer.core.health import ObservedRole, ProbeFailure, ProbeResult
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
@@ -29,6 +30,7 @@ from dbbalancer.postgres.backend import (
     connect_server,
 )
 from dbbalancer.postgres.codec import ProtocolError
+from dbbalancer.postgres.errors import class_of
 from dbbalancer.postgres.framed import ConnectionClosed
 from dbbalancer.postgres.lsn import Lsn
 
@@ -68,11 +70,6 @@ SELECT
     WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid())
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r"""
 
-_AUTH_SQLSTATES = frozenset({"28P01", "28000"})  # invalid_password, invalid_authorization_spec
-# admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down, in recovery
-# without hot standby)
-_SHUTDOWN_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
-
 
 class ProbeAnswerError(Exception):
     """The probe query's answer did not have the expected shape."""
@@ -89,9 +86,10 @@ def probe_failure(exc: BaseException) -> ProbeFailure:
         inner = exc.__cause__ or exc.__context__
         return ProbeFailure.AUTH_FAILED if inner is None else probe_failure(inner)
     if isinstance(exc, ServerError):
-        if exc.sqlstate in _AUTH_SQLSTATES:
+        error_class = class_of(exc.sqlstate)
+        if error_class is ErrorClass.AUTHENTICATION_FAILED:
             return ProbeFailure.AUTH_FAILED
-        if exc.sqlstate in _SHUTDOWN_SQLSTATES:
+        if error_class in SERVER_GOING_AWAY:
             return ProbeFailure.SHUTTING_DOWN
         return ProbeFailure.SERVER_ERROR
     if isinstance(exc, TimeoutError):

@@ -28,10 +28,12 @@ from dbbalancer.compose import (
 )
 from dbbalancer.config import ClusterConfig, Config, GeneralConfig, Protocol, UserConfig
 from dbbalancer.core.cluster import Cluster
+from dbbalancer.core.errors import ErrorCode
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
 from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
 from dbbalancer.postgres.classify import Classifier
+from dbbalancer.postgres.errors import sqlstate_of
 from dbbalancer.postgres.frontend import ClientSession, Refused
 from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.probe import PgProber
@@ -181,7 +183,7 @@ class PostgresService:
         try:
             self.limits.admit(user)
         except TooManyClients as exc:
-            raise Refused("53300", str(exc)) from None
+            raise Refused(sqlstate_of(ErrorCode.CLIENT_LIMIT), str(exc)) from None
 
     def client_disconnected(self, session: ClientSession) -> None:
         """Undo `client_connected`."""
@@ -258,7 +260,7 @@ class PostgresService:
             if limit and engine.idle_in_transaction(now, limit):
                 log.info("%r: idle in transaction for over %gs; closing it", session, limit)
                 session.fatal(
-                    "25P03",
+                    sqlstate_of(ErrorCode.IDLE_TRANSACTION_TIMEOUT),
                     "terminating connection due to idle-in-transaction timeout "
                     f"(idle_transaction_timeout = {limit:g}s)",
                 )

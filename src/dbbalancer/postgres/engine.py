@@ -1017,6 +1017,7 @@ class Engine:
             unit.retry_frames = None
             if status != b"I" or state.pins:
                 self._send_backlog(server, unit)
+                self.session.resume_reading()
         if status != b"I":
             if self.mode is PoolMode.STATEMENT:
                 self._abort_statement_transaction(server)

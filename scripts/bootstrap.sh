@@ -10,9 +10,13 @@ have_pg_server || want_pkgs+=(postgresql-15 postgresql-client-15)
 command -v psql >/dev/null || want_pkgs+=(postgresql-client-15)
 # pgbench ships with the server package (postgresql-15), psql with the client package.
 command -v pgbench >/dev/null || want_pkgs+=(postgresql-15)
+# MariaDB for dbbalancer.testing.mariadbcluster: mariadbd and mariadb-install-db come with
+# mariadb-server (Debian puts mariadbd in /usr/sbin), the mariadb client with mariadb-client.
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+{ have mariadbd && have mariadb-install-db; } || want_pkgs+=(mariadb-server)
+have mariadb || want_pkgs+=(mariadb-client)
 for extra in "$@"; do
   case "$extra" in
-    mariadb) command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || want_pkgs+=(mariadb-server mariadb-client) ;;
     bench)
       command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || want_pkgs+=(pgbouncer)
       command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || want_pkgs+=(haproxy)
@@ -29,9 +33,24 @@ if [ ${#want_pkgs[@]} -gt 0 ]; then
     if [ ! -f /etc/postgresql-common/createcluster.conf ]; then
       echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
     fi
+    # Nor may mariadb-server start a service on 3306: a policy-rc.d that exits 101 makes
+    # invoke-rc.d and deb-systemd-invoke refuse every start during the install. An existing
+    # policy (container images ship one) is left as it is.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\n# dbbalancer bootstrap: no service starts during apt-get install\nexit 101\n' > "$policy"
+      chmod 755 "$policy"
+      trap 'rm -f "$policy"' EXIT
+    fi
+    new_mariadb=0
+    [[ " ${want_pkgs[*]} " == *" mariadb-server "* ]] && new_mariadb=1
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${want_pkgs[@]}" >/dev/null
+    if [ "$new_mariadb" -eq 1 ] && command -v systemctl >/dev/null; then
+      # The package enables mariadb.service for the next boot; we only need the binaries.
+      systemctl disable --quiet mariadb.service 2>/dev/null || true
+    fi
   else
     echo "bootstrap: missing system packages: ${want_pkgs[*]}" >&2
     echo "bootstrap: install them (sudo apt-get install ${want_pkgs[*]}) or run as root" >&2

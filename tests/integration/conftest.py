@@ -1,4 +1,4 @@
-"""Fixtures that start real PostgreSQL clusters for the integration tests.
+"""Fixtures that start real PostgreSQL and MariaDB clusters for the integration tests.
 
 Every test under this directory gets the ``integration`` marker, so ``pytest -m "not
 integration"`` runs the fast suite alone. Missing server binaries make the fixtures fail with
@@ -16,12 +16,15 @@ from typing import Any
 
 import pytest
 
+from dbbalancer.testing.mariadbcluster import MariaDbCluster
 from dbbalancer.testing.pgcluster import PgCluster
 
 _HERE = Path(__file__).parent
-_CLUSTERS = pytest.StashKey[list[PgCluster]]()
+AnyCluster = PgCluster | MariaDbCluster
+_CLUSTERS = pytest.StashKey[list[AnyCluster]]()
 
 ClusterFactory = Callable[..., PgCluster]
+MariaDbClusterFactory = Callable[..., MariaDbCluster]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,16 +41,17 @@ def pytest_runtest_makereport(
     """Attach the server log tails of the test's clusters to a failed test's report."""
     report = yield
     if report.failed:
-        stashed: list[PgCluster] = item.stash.get(_CLUSTERS, [])
+        stashed: list[AnyCluster] = item.stash.get(_CLUSTERS, [])
         clusters = list(stashed)
         funcargs: dict[str, Any] = getattr(item, "funcargs", {})
-        clusters.extend(v for v in funcargs.values() if isinstance(v, PgCluster))
+        clusters.extend(v for v in funcargs.values() if isinstance(v, PgCluster | MariaDbCluster))
         for index, cluster in enumerate(dict.fromkeys(clusters)):
             try:
                 tails = cluster.log_tails()
             except Exception as exc:  # the cluster may not have started at all
                 tails = f"(no logs: {exc})"
-            report.sections.append((f"PostgreSQL logs (cluster {index})", tails))
+            kind = "PostgreSQL" if isinstance(cluster, PgCluster) else "MariaDB"
+            report.sections.append((f"{kind} logs (cluster {index})", tails))
     return report
 
 
@@ -65,12 +69,38 @@ def pg_cluster() -> Iterator[PgCluster]:
 @pytest.fixture
 def pg_cluster_factory(request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
     """Start private clusters for tests that change topology; all are stopped at teardown."""
-    started: list[PgCluster] = []
-    request.node.stash[_CLUSTERS] = started
+    started = request.node.stash.setdefault(_CLUSTERS, [])
     with contextlib.ExitStack() as stack:
 
         def make(**kwargs: Any) -> PgCluster:
             cluster = PgCluster(**kwargs)
+            started.append(cluster)
+            stack.callback(cluster.stop)
+            return cluster.start()
+
+        yield make
+
+
+@pytest.fixture(scope="session")
+def mariadb_cluster() -> Iterator[MariaDbCluster]:
+    """A started MariaDB primary with two GTID replicas, shared by the whole session."""
+    cluster = MariaDbCluster(replicas=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def mariadb_cluster_factory(request: pytest.FixtureRequest) -> Iterator[MariaDbClusterFactory]:
+    """Start private MariaDB clusters for tests that change topology or delays; all are
+    stopped at teardown."""
+    started = request.node.stash.setdefault(_CLUSTERS, [])
+    with contextlib.ExitStack() as stack:
+
+        def make(**kwargs: Any) -> MariaDbCluster:
+            cluster = MariaDbCluster(**kwargs)
             started.append(cluster)
             stack.callback(cluster.stop)
             return cluster.start()

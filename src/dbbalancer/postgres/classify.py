@@ -403,6 +403,9 @@ _WRITE_RANK: Final = {
 }
 
 _PLAIN_READ: Final = Classification(_READ, Reason.PLAIN_SELECT, True)
+# Shared by every plain SELECT the fast path classifies: a read with no session effects, which
+# the engine can skip by identity on the hot path.
+PLAIN_READ: Final = _PLAIN_READ
 _EMPTY: Final = Classification(_READ, Reason.EMPTY, True, statements=0)
 _DML: Final = Classification(_WRITE, Reason.DML, False)
 _PARSE_ERROR: Final = Classification(_WRITE, Reason.PARSE_ERROR, False)

@@ -38,6 +38,7 @@ from dbbalancer.core.statement import (
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.backend import ServerConnection, ServerError, ServerUnavailable
+from dbbalancer.postgres.classify import PLAIN_READ
 from dbbalancer.postgres.codec import Frame
 from dbbalancer.postgres.errors import class_of, sqlstate_of
 from dbbalancer.postgres.lsn import Lsn
@@ -139,10 +140,9 @@ class _Unit:
     decision: Decision
     server: ServerConnection | None = None
     pool: Pool[ServerConnection] | None = None
-    # A replica read that may be re-run elsewhere: its frames, and its SQL for the classifier to
-    # learn. While it may be re-run, what the client is to see of it is held back (`_holding`).
+    # A replica read that may be re-run elsewhere: the frames sent for it. While it may be re-run,
+    # what the client is to see of it is held back (`_holding`).
     retry_frames: list[Frame] | None = None
-    retry_sql: str | None = None
     rows_sent: bool = False  # a DataRow or a completion reached the client: no re-run now
     sealed: bool = False  # a re-runnable read was sent whole: later frames wait for its end
     mark: int = 0  # where its output starts in the engine's client buffer
@@ -383,37 +383,38 @@ class Engine:
                 read_only_transactions_to_replica=self.ro_tx_to_replica,
             )
         unit = _Unit(decision)
-        if decision.target is Target.REPLICA:
-            retry_sql = self._retry_sql()
-            if retry_sql is not None:
-                unit.retry_frames = []
-                unit.retry_sql = retry_sql
+        if decision.target is Target.REPLICA and self._retryable():
+            unit.retry_frames = []
         self.unit = unit
         if decision.target is Target.PRIMARY and self.home is not None:
             self._attach_home(self.home)
             return
         self._checkout(unit)
 
-    def _retry_sql(self) -> str | None:
-        """The SQL of the backlog's first request cycle if that cycle may be re-run elsewhere:
-        a simple Query, or an extended-protocol batch that ends with a Sync. A batch that ends
-        with a Flush is not: its client waits for answers that holding back would withhold."""
-        sql: str | None = None
+    def _retryable(self) -> bool:
+        """May the backlog's first request cycle be re-run elsewhere? A simple Query, or an
+        extended-protocol batch that ends with a Sync, may. A batch that ends with a Flush may
+        not: its client waits for answers that holding them back would withhold."""
         for frame in self.backlog:
+            kind = frame.type
+            if kind == b"Q" or kind == b"S":
+                return True
+            if kind not in _PIPELINED:
+                return False
+        return False
+
+    def _sql_of(self, frames: list[Frame]) -> str | None:
+        """The SQL that a re-run request cycle runs (for the classifier to learn it)."""
+        for frame in frames:
             kind = frame.type
             if kind == b"Q":
                 return query_text(frame, self.encoding)
-            if kind == b"S":
-                return sql if sql is not None else ""
-            if kind not in _PIPELINED:
-                return None
-            if kind == b"P" and sql is None:
-                sql = parse_fields(frame, self.encoding)[1]
-            elif kind == b"B" and sql is None:
+            if kind == b"P":
+                return parse_fields(frame, self.encoding)[1]
+            if kind == b"B":
                 start, end = bind_statement(frame)
                 bound = self.prepared.get(frame.data[start:end].decode(errors="replace"))
-                if bound is not None:
-                    sql = bound.query
+                return bound.query if bound is not None else None
         return None
 
     def _attach_home(self, home: ServerConnection) -> None:
@@ -641,7 +642,7 @@ class Engine:
         elif kind == b"E":
             data = frame.data
             portal_c = self._portals.get(data[5 : data.index(b"\0", 5)])
-            if portal_c is not None:
+            if portal_c is not None and portal_c is not PLAIN_READ:
                 if (
                     not portal_c.read_only
                     and portal_c.functions
@@ -1144,7 +1145,7 @@ class Engine:
 
     def _retry_on_primary(self, server: ServerConnection, unit: _Unit) -> None:
         """A replica refused a read as read-only (25006): re-run it on the primary."""
-        sql = unit.retry_sql
+        sql = self._sql_of(unit.retry_frames or [])
         if sql:
             self.classifier.remember_write(sql)
             # The client's prepared statements of that text route by what was just learnt.

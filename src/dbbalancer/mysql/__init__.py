@@ -1,1 +1,1 @@
-"""MySQL/MariaDB wire protocol (not yet implemented)."""
+"""MySQL and MariaDB wire protocol."""

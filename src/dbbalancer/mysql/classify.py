@@ -102,46 +102,6 @@ _BLANK = "[ \t\n\r\f\v]"
 _PREFIX = r"(?:[nNxXbB]|_[A-Za-z0-9]+)?"
 
 
-def _alternatives(s_body: str, d_body: str, *, inside: bool) -> list[tuple[str, str]]:
-    """(token kind, pattern) pairs, in the order the lexer tries them."""
-    alts = [
-        ("c", r"#[^\n\r]*|--(?=[ \t\n\r\f\v]|\Z)[^\n\r]*"),  # line comments
-        ("xo", r"/\*[mM]?!(?:[0-9]{5}[0-9]?)?"),  # executable comment opener
-        ("c", r"/\*[\s\S]*?\*/"),  # comment (the server does not nest them)
-        ("x", r"/\*"),  # unterminated comment
-        ("s", rf"{_PREFIX}'{s_body}'"),
-        ("dq", rf'"{d_body}"'),  # a string, or an identifier under ANSI_QUOTES
-        ("q", r"`[^`]*(?:``[^`]*)*`"),
-        (
-            "n",
-            r"(?:0[xX][0-9A-Fa-f]+|0[bB][01]+|[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?"
-            rf"|\.[0-9]+(?:[eE][+-]?[0-9]+)?)(?![{_IDC}])",
-        ),
-        ("w", rf"[{_IDC}]+"),  # identifiers may start with a digit (1abc)
-        ("sv", r"@@(?:`[^`]*`|[A-Za-z0-9_$.]+)"),
-        ("uv", rf"@(?:'{s_body}'|\"{d_body}\"|`[^`]*(?:``[^`]*)*`|[A-Za-z0-9_$.]*)"),
-    ]
-    if inside:
-        alts.append(("xc", r"\*/"))  # only inside an executable comment does "*/" end it
-    alts += [
-        ("op", r":=|<=>|->>|->|<<|>>|<=|>=|<>|!=|&&|\|\||[-+*/%=<>!&|^~?:]"),
-        ("p", r"[(),;.{}]"),
-        ("x", r"[\s\S]"),  # an unterminated quote, a stray character
-    ]
-    return alts
-
-
-def _token_re(s_body: str, d_body: str, *, inside: bool) -> tuple[re.Pattern[str], tuple[str, ...]]:
-    alts = _alternatives(s_body, d_body, inside=inside)
-    pattern = f"{_BLANK}*+(?:" + "|".join(f"({p})" for _, p in alts) + ")"
-    return re.compile(pattern), ("", *(k for k, _ in alts))
-
-
-_TOKEN_RE, _KINDS = _token_re(_S_BODY, _D_BODY, inside=False)
-_TOKEN_PLAIN_RE, _ = _token_re(_S_PLAIN, _D_PLAIN, inside=False)
-_TOKEN_EXEC_RE, _EXEC_KINDS = _token_re(_S_BODY, _D_BODY, inside=True)
-_TOKEN_EXEC_PLAIN_RE, _ = _token_re(_S_PLAIN, _D_PLAIN, inside=True)
-
 _HINT_RE: Final = re.compile(r"dbbalancer\s*:\s*(primary|replica)\b", re.IGNORECASE)
 
 Token = tuple[str, str, str]
@@ -170,7 +130,98 @@ def _unquote(raw: str, quote: str) -> str:
     return raw[1:-1].replace(quote + quote, quote)
 
 
-def _token(kind: str, raw: str) -> Token:
+def _alternatives(s_body: str, d_body: str, *, inside: bool) -> list[str]:
+    """Token patterns in the order the lexer tries them (one capturing group for all)."""
+    alts = [
+        r"#[^\n\r]*|--(?=[ \t\n\r\f\v]|\Z)[^\n\r]*",  # line comments
+        r"/\*[mM]?!(?:[0-9]{5}[0-9]?)?",  # executable comment opener
+        r"/\*[\s\S]*?\*/",  # comment (the server does not nest them)
+        r"/\*",  # unterminated comment
+        rf"{_PREFIX}'{s_body}'",
+        rf'"{d_body}"',  # a string, or an identifier under ANSI_QUOTES
+        r"`[^`]*(?:``[^`]*)*`",
+        _NUMBER,
+        rf"[{_IDC}]+",  # identifiers may start with a digit (1abc)
+        r"@@(?:`[^`]*`|[A-Za-z0-9_$.]+)",
+        rf"@(?:'{s_body}'|\"{d_body}\"|`[^`]*(?:``[^`]*)*`|[A-Za-z0-9_$.]*)",
+    ]
+    if inside:
+        alts.append(r"\*/")  # only inside an executable comment does "*/" end it
+    alts += [
+        r":=|<=>|->>|->|<<|>>|<=|>=|<>|!=|&&|\|\||[-+*/%=<>!&|^~?:]",
+        r"[(),;.{}]",
+        r"[\s\S]",  # an unterminated quote, a stray character: a lexing error
+    ]
+    return alts
+
+
+_NUMBER = (
+    r"(?:0[xX][0-9A-Fa-f]+|0[bB][01]+|[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?"
+    rf"|\.[0-9]+(?:[eE][+-]?[0-9]+)?)(?![{_IDC}])"
+)
+_NUMBER_RE: Final = re.compile(_NUMBER)
+
+
+def _token_re(s_body: str, d_body: str, *, inside: bool) -> re.Pattern[str]:
+    # Leading blanks are a group of each match (a blank before "(" matters, see _scan); "\Z"
+    # ends trailing blanks in one empty match instead of one failed attempt per blank.
+    alts = _alternatives(s_body, d_body, inside=inside)
+    return re.compile(f"({_BLANK}*+)(" + "|".join(alts) + r"|\Z)")
+
+
+_TOKEN_RE: Final = _token_re(_S_BODY, _D_BODY, inside=False)
+_TOKEN_PLAIN_RE: Final = _token_re(_S_PLAIN, _D_PLAIN, inside=False)
+_TOKEN_EXEC_RE: Final = _token_re(_S_BODY, _D_BODY, inside=True)
+_TOKEN_EXEC_PLAIN_RE: Final = _token_re(_S_PLAIN, _D_PLAIN, inside=True)
+
+# Token kind by first character; "?" kinds need a second look (_kind).
+_FIRST: Final = {
+    **{c: "w" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$"},
+    **{c: "n?" for c in "0123456789"},
+    **{c: c for c in "(),;{}"},
+    **{c: "op" for c in "+%=<>!&|^~?:"},
+    ".": ".?",
+    "'": "s?",
+    '"': "dq?",
+    "`": "q?",
+    "@": "@?",
+    "#": "c",
+    "-": "-?",
+    "/": "/?",
+    "*": "*?",
+}
+
+
+def _kind(tok: str) -> str:
+    """Token kind: w s dq q n uv sv op c (comment) xo/xc (executable comment) x (error)."""
+    c = tok[0]
+    k = _FIRST.get(c)
+    if k is None:
+        return "w" if c >= "\x80" else "x"
+    if k == "w":
+        return "s" if tok[-1] == "'" else "w"  # N'..', X'..', _utf8mb4'..'
+    if len(k) == 1 or k == "op":
+        return k
+    if k == "n?":
+        return "n" if _NUMBER_RE.fullmatch(tok) else "w"
+    if k == "s?" or k == "dq?" or k == "q?":
+        return k[:-1] if len(tok) > 1 else "x"
+    if k == "@?":
+        return "sv" if tok[1:2] == "@" else "uv"
+    if k == "-?":
+        return "c" if tok[:2] == "--" else "op"
+    if k == "/?":
+        if tok[:2] != "/*":
+            return "op"
+        if tok == "/*":
+            return "x"
+        return "xo" if tok[2:3] == "!" or tok[3:4] == "!" else "c"
+    if k == "*?":
+        return "xc" if tok == "*/" else "op"
+    return "n" if len(tok) > 1 else "."  # ".5" or "."
+
+
+def _token(kind: str, raw: str, spaced: bool) -> Token:
     if kind == "w":
         return ("w", raw.lower(), raw)
     if kind == "q":
@@ -185,9 +236,9 @@ def _token(kind: str, raw: str) -> Token:
     if kind == "sv":
         name = raw[2:]
         return ("sv", (_unquote(name, "`") if name[:1] == "`" else name).lower(), raw)
-    if kind == "p":
+    if kind == "(":
         # "(" after a blank or a comment keeps it in the raw text: see _scan.
-        return (raw[-1], raw[-1], raw)
+        return ("(", "(", " (" if spaced else "(")
     return (kind, raw, raw)
 
 
@@ -197,26 +248,32 @@ def _tokenize(sql: str, *, plain: bool = False) -> _Lexed:
     if "/*!" in sql or "/*M!" in sql or "/*m!" in sql:
         return _tokenize_exec(sql, out, plain)
     toks = out.toks
-    kinds = _KINDS
+    append = toks.append
+    first = _FIRST
     gap = False  # a comment since the last token
-    for m in (_TOKEN_PLAIN_RE if plain else _TOKEN_RE).finditer(sql):
-        g = m.lastindex or 0
-        kind = kinds[g]
-        raw = m.group(g)
-        if kind == "c":
-            if not toks:
-                out.lead.append(raw)
-            gap = True
-            continue
-        if raw == "(" and (gap or m.start(g) > m.start()):
-            raw = " ("
+    for blanks, raw in (_TOKEN_PLAIN_RE if plain else _TOKEN_RE).findall(sql):
+        if not raw:
+            continue  # end of text
+        k = first.get(raw[0])
+        # The common tokens first, without a call.
+        if k == "w" and raw[-1] != "'":
+            append(("w", raw.lower(), raw))
+        elif k == "op" or k == "," or k == ")":
+            append((k, raw, raw))
+        else:
+            kind = _kind(raw)
+            if kind == "c":
+                if not toks:
+                    out.lead.append(raw)
+                gap = True
+                continue
+            if kind == "x" or kind == "xc" or kind == "xo":
+                out.error = True
+                return out
+            if (kind == "s" or kind == "dq") and "\\" in raw:
+                out.backslash = True
+            append(_token(kind, raw, gap or bool(blanks)))
         gap = False
-        if kind == "x":
-            out.error = True
-            return out
-        if (kind == "s" or kind == "dq") and "\\" in raw:
-            out.backslash = True
-        toks.append(_token(kind, raw))
     return out
 
 
@@ -232,19 +289,13 @@ def _tokenize_exec(sql: str, out: _Lexed, plain: bool) -> _Lexed:
     n = len(sql)
     while pos < n:
         m = (pat_in if inside is not None else pat_out).match(sql, pos)
-        if m is None or m.end() == pos:
+        if m is None or not m.group(2):
             break  # only blanks remain
         pos = m.end()
-        g = m.lastindex or 0
-        kind = (_EXEC_KINDS if inside is not None else _KINDS)[g]
-        raw = m.group(g)
+        raw = m.group(2)
+        kind = _kind(raw)
         if kind == "c" or kind == "xo" or kind == "xc":
             gap = True
-        elif raw == "(" and (gap or m.start(g) > m.start()):
-            raw = " ("
-            gap = False
-        else:
-            gap = False
         if kind == "c":
             if not toks and inside is None:
                 out.lead.append(raw)
@@ -265,7 +316,8 @@ def _tokenize_exec(sql: str, out: _Lexed, plain: bool) -> _Lexed:
             return out
         if (kind == "s" or kind == "dq") and "\\" in raw:
             out.backslash = True
-        tok = _token(kind, raw)
+        tok = _token(kind, raw, gap or bool(m.group(1)))
+        gap = False
         toks.append(tok)
         if inside is None or inside == "/*!":
             without.append(tok)
@@ -820,6 +872,29 @@ def _xid(st: list[Token], start: int) -> str | None:
 # --------------------------------------------------------------------------------------------
 # The classifier.
 # --------------------------------------------------------------------------------------------
+def _key(sql: str, lexed: _Lexed) -> object:
+    """Cache key: the text itself when it holds no literal, else its tokens without literal
+    values (two texts with one key lex alike but for literal values, and carry the same hint).
+
+    Strings holding a backslash stay whole: how they lex depends on the server's SQL mode.
+    Text with conditional executable comments, or that does not lex, keys by itself.
+    """
+    if lexed.error or lexed.toks_without is not None:
+        return sql
+    parts: list[str] = []
+    literal = False
+    for t in lexed.toks:
+        k = t[0]
+        if k == "n" or (k == "s" and "\\" not in t[2]):
+            parts.append(k)
+            literal = True
+        else:
+            parts.append(t[2])
+    if not literal:
+        return sql
+    return (_hint_of(lexed.lead), *parts)
+
+
 class Classifier:
     """Classifies MySQL/MariaDB SQL text, with an LRU cache keyed by the statement template.
 
@@ -846,19 +921,19 @@ class Classifier:
             return hit
         try:
             lexed = _tokenize(sql)
-            key = self._key(lexed)
+            key = _key(sql, lexed)
         except Exception:
-            return _PARSE_ERROR
+            return _PARSE_ERROR  # never raise into the proxy
         if len(sql) > self._max_cached_length or not self._cache_size:
             return self._classify_uncached(sql, lexed, key)[0]
-        if key is not None:
+        if key is not sql:
             hit = cache.get(key)
             if hit is not None and hit is not _SENSITIVE:
                 cache.move_to_end(key)
                 return hit
         result, sensitive = self._classify_uncached(sql, lexed, key)
-        if key is None:
-            cache[sql] = result
+        if key is sql:
+            cache[sql] = result  # nothing to normalize: the text is its own fingerprint
         elif sensitive:
             cache[key] = _SENSITIVE
             cache[sql] = result
@@ -869,12 +944,17 @@ class Classifier:
         return result
 
     def remember_write(self, sql: str) -> None:
-        """A replica refused this statement (read-only): its template is a write from now on."""
+        """A replica refused this statement (read-only): its template is a write from now on.
+
+        Learned by fingerprint, so every literal variant follows; the cache is cleared (this is
+        rare, and it also drops literal-sensitive variants cached by exact text).
+        """
         try:
-            key = self._key(_tokenize(sql))
+            key = _key(sql, _tokenize(sql))
         except Exception:
             return
-        self._learned[sql if key is None else key] = None
+        self._learned[key] = None
+        self._learned.move_to_end(key)
         while len(self._learned) > max(self._cache_size, 1):
             self._learned.popitem(last=False)
         self._cache.clear()
@@ -882,20 +962,6 @@ class Classifier:
     def cache_info(self) -> tuple[int, int]:
         """(entries in the cache, learned write templates) for the admin console."""
         return len(self._cache), len(self._learned)
-
-    @staticmethod
-    def _key(lexed: _Lexed) -> object:
-        """Fingerprint: tokens with literal values dropped; None when the exact text must key."""
-        if lexed.error or lexed.toks_without is not None:
-            return None
-        hint = _hint_of(lexed.lead)
-        return (
-            hint,
-            *(
-                t[0] if (t[0] == "n" or (t[0] == "s" and "\\" not in t[2])) else t[2]
-                for t in lexed.toks
-            ),
-        )
 
     # ---- pipeline ------------------------------------------------------------------------------
     def _classify_uncached(
@@ -906,8 +972,7 @@ class Classifier:
             result = self._classify_lexed(sql, lexed, ctx)
         except Exception:
             result = _PARSE_ERROR  # never raise into the proxy
-        learned_key = sql if key is None else key
-        if learned_key in self._learned and not (result.kind is _WRITE and not result.read_only):
+        if key in self._learned and not (result.kind is _WRITE and not result.read_only):
             result = dataclasses.replace(
                 result, kind=_WRITE, reason=Reason.LEARNED_WRITE, read_only=False
             )

@@ -29,11 +29,13 @@ Design:
   server rejects and turns many statements into an opaque command), it is pure Python and
   slower than the tokenizer, and it would add a dependency whose output changes between
   releases.  Whatever the analysis does not recognize is a write (``Reason.UNKNOWN``).
-* **Cache**: an LRU keyed by the exact text, then by a fingerprint (the token sequence with
-  string and number literal values dropped), so ORM statements with new literals hit.  When a
-  classification *reads* a literal value (``SET x = 5``, ``PREPARE s FROM '...'``, an XA id,
-  ``SELECT @x := 5``) the fingerprint is marked literal-sensitive and such strings are cached by
-  exact text only.
+* **Cache**: an LRU keyed by the exact text (a lookup before any lexing), else by a fingerprint:
+  the token sequence with string and number literal values dropped (strings holding a backslash
+  stay whole), so ORM statements with new literals hit after one lexing pass.  A text without
+  literals (``BEGIN``, a ``COM_STMT_PREPARE`` text with ``?`` placeholders) is its own key.
+  When a classification *reads* a literal value (``SET x = 5``, ``PREPARE s FROM '...'``, an
+  XA id, ``SELECT @x := 5``) the fingerprint is marked literal-sensitive and such strings are
+  cached by exact text only.  ``bench/mysql_classify_bench.py`` measures the costs.
 
 Decisions worth knowing:
 

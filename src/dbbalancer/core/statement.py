@@ -70,6 +70,8 @@ class Reason(enum.Enum):
     HINT_REPLICA = "hint_replica"
     LEARNED_WRITE = "learned_write"
     AMBIGUOUS_ESCAPE = "ambiguous_escape"
+    CHANGE_DATABASE = "change_database"  # USE db: the session's current database
+    LAST_RESULT = "last_result"  # reads the outcome of the session's previous statement
     PARSE_ERROR = "parse_error"
     UNKNOWN = "unknown"
 
@@ -88,6 +90,12 @@ class TxAction(enum.Enum):
     ROLLBACK_PREPARED = "rollback_prepared"
     SET_TRANSACTION = "set_transaction"
     SET_CONSTRAINTS = "set_constraints"
+    # A commit or rollback that opens a new transaction at once (SQL standard ``AND CHAIN``).
+    COMMIT_AND_CHAIN = "commit_and_chain"
+    ROLLBACK_AND_CHAIN = "rollback_and_chain"
+    # An X/Open XA branch leaves the session (``XA END``): it can then only be prepared or
+    # committed in one phase.
+    END_BRANCH = "end_branch"
 
 
 class PinReason(enum.Enum):
@@ -106,6 +114,9 @@ class PinReason(enum.Enum):
     SQL_PREPARE = "sql_prepare"
     UNTRACKED_SETTING = "untracked_setting"
     SEQUENCE_STATE = "sequence_state"  # currval()/lastval() read the connection's last nextval()
+    TABLE_LOCK = "table_lock"  # explicit table or instance locks held by the session
+    DISTRIBUTED_TRANSACTION = "distributed_transaction"  # an open X/Open XA branch
+    OPEN_CURSOR = "open_cursor"  # a table cursor opened outside any transaction
 
 
 class UnpinEvent(enum.Enum):
@@ -129,6 +140,9 @@ class UnpinEvent(enum.Enum):
     DEALLOCATE = "deallocate"
     DEALLOCATE_ALL = "deallocate_all"
     RESET_SESSION_AUTHORIZATION = "reset_session_authorization"
+    TABLE_UNLOCK_ALL = "table_unlock_all"  # every explicit table lock of the session released
+    DROP_TEMP_TABLE = "drop_temp_table"  # one temporary table dropped (named in ``target``)
+    END_DISTRIBUTED_TRANSACTION = "end_distributed_transaction"  # XA id in ``target``
 
 
 class RouteHint(enum.Enum):
@@ -154,6 +168,20 @@ class SettingChange:
 
 
 @dataclass(frozen=True, slots=True)
+class UserVariable:
+    """One assignment to a user-defined session variable (``SET @x = 1``, ``SELECT @x := a``).
+
+    ``name`` is the variable name as the server folds it (lower-cased); ``value`` is the SQL
+    literal that replays the assignment (``5``, ``'text'``, ``NULL``) when the statement assigns
+    a constant, and None when the server computes it (an expression, a query result): the pooler
+    then reads the value back instead of pinning the session.
+    """
+
+    name: str
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Classification:
     """What a SQL string does, and why.
 
@@ -165,6 +193,16 @@ class Classification:
     ``inner``) as the server resolves the name: unquoted names lower-cased, schema-qualified if
     written so.  ``target`` names the object a statement acts on: cursor, channel, savepoint,
     two-phase transaction id, the setting for ``SHOW``, or the library for ``LOAD``.
+
+    Fields for dialects with more session state (all default to "nothing changes"):
+    ``database`` is the current database the string switches to; ``user_variables`` lists
+    assignments to user-defined variables; ``autocommit`` is the autocommit mode the string
+    leaves the session in when it sets one (also reported as a setting, which is what a replay
+    uses; this field is for the transaction tracker: with autocommit off any statement opens a
+    transaction); ``implicit_commit`` says the statement commits an open transaction before it
+    runs (DDL, table locks, a new BEGIN); ``uses_last_result`` says the string reads the outcome
+    of the session's previous statement (last insert id, affected or found rows, warnings), so
+    it must run on the connection that ran that statement.
     """
 
     kind: StatementKind
@@ -182,6 +220,11 @@ class Classification:
     target: str | None = None
     inner: Classification | None = None
     parts: tuple[Classification, ...] = ()
+    database: str | None = None
+    user_variables: tuple[UserVariable, ...] = ()
+    autocommit: bool | None = None
+    implicit_commit: bool = False
+    uses_last_result: bool = False
 
     @property
     def is_write(self) -> bool:

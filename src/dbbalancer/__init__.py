@@ -18,11 +18,17 @@ COMPILED_MODULES = (
     "dbbalancer.postgres.params",
     "dbbalancer.postgres.prepared",
     "dbbalancer.postgres.classify",
+    "dbbalancer.postgres.sessionstate",
+    "dbbalancer.postgres.sequences",
+    "dbbalancer.postgres.errors",
+    "dbbalancer.postgres.lsn",
     "dbbalancer.core.pool",
     "dbbalancer.core.cluster",
     "dbbalancer.core.balance",
     "dbbalancer.core.routing",
     "dbbalancer.core.statement",
+    "dbbalancer.core.errors",
+    "dbbalancer.core.position",
 )
 
 

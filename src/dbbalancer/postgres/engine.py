@@ -1076,7 +1076,9 @@ class Engine:
                 state.pinned_since_release = False
                 self.session.give_back(server, unit.pool, clean=True)
             else:
-                unit.pool.release(server, cold=self.seqs.owns(server))
+                # A connection that holds some client's sequence state is handed out last,
+                # so writers take connections that hold nobody's first.
+                unit.pool.release(server, cold=server.seq_owner is not None)
         # Reading from the client may have been paused while that server's socket was full.
         self.session.resume_reading()
         self._drain_backlog()

@@ -8,12 +8,14 @@ another client's id. Any statement that is not a read may call nextval() without
 (an INSERT into a serial or identity column), so the proxy cannot see the calls; it can only
 know where they may have run.
 
-The rule kept here: a client's sequence state is trustworthy on a connection only if every
-statement of the client that may have called nextval() ran on that connection, and the
-connection held no other client's sequence state before the first of them (it was new, reset,
-or cleared with DISCARD SEQUENCES first). Then currval()/lastval() there answer exactly what a
-direct connection would. A client that never ran such a statement has no sequence state at all,
-which a DISCARD SEQUENCES gives it on any connection. Anything else is refused, never answered.
+The rule kept here: currval()/lastval() run only on a connection whose sequence state is this
+client's alone. A connection is the client's (`home`) once the client ran a statement that may
+call nextval() there after the connection was cleared (new, reset, or DISCARD SEQUENCES first).
+The client's units go back to its home while it is still its own; when a write lands elsewhere,
+that connection is cleared and becomes the home, and what the client left on the old one is
+forgotten (a later currval() of a sequence it used only there fails as "not yet defined"). A
+client that never wrote has no sequence state at all, which a DISCARD SEQUENCES gives it on any
+connection. A read anywhere else is refused, never answered with another client's number.
 
 Sans-IO: the engine asks, and sends the DISCARD SEQUENCES this module asks for.
 """
@@ -59,18 +61,21 @@ class SequenceState:
 
     def before_write(self, conn: SequenceHolder) -> bool:
         """A statement that may call nextval() is about to run on `conn`. True if `conn` must be
-        cleared with DISCARD SEQUENCES first (it then holds only this client's state)."""
+        cleared with DISCARD SEQUENCES first.
+
+        On a connection that is not the client's own, the client starts afresh there: the
+        connection is cleared, and what the client's earlier statements left elsewhere is
+        forgotten. From then on currval()/lastval() answer for what it runs there; a sequence
+        it used only before fails as "not yet defined" (an error, never another client's
+        number, and never stale)."""
         if self.owns(conn):
             conn.seq_dirty = True
             return False
-        clear = False
-        if self.clean:
-            clear = conn.seq_dirty
-            self.home = conn
-            conn.seq_owner = self
-        else:
-            self._give_up()
-            conn.seq_owner = None
+        self._give_up()
+        self.lost = False
+        self.home = conn
+        conn.seq_owner = self
+        clear = conn.seq_dirty
         conn.seq_dirty = True
         return clear
 

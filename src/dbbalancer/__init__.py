@@ -27,6 +27,7 @@ COMPILED_MODULES = (
     "dbbalancer.core.balance",
     "dbbalancer.core.routing",
     "dbbalancer.core.statement",
+    "dbbalancer.core.classification",
     "dbbalancer.core.errors",
     "dbbalancer.core.position",
 )

@@ -70,14 +70,20 @@ import dataclasses
 import functools
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
+from dbbalancer.core.classification import EMPTY as _EMPTY
+from dbbalancer.core.classification import SENSITIVE as _SENSITIVE
+from dbbalancer.core.classification import apply_hint as _apply_hint
+from dbbalancer.core.classification import as_learned_write, learn_template, store_in_cache
+from dbbalancer.core.classification import combine as _combine
+from dbbalancer.core.classification import dedup as _dedup
+from dbbalancer.core.classification import hint_of as _hint_of
 from dbbalancer.core.statement import (
     Classification,
     PinReason,
     Reason,
-    RouteHint,
     SettingChange,
     StatementKind,
     TxAction,
@@ -103,8 +109,6 @@ _D_PLAIN = r'[^"]*(?:""[^"]*)*'  # NO_BACKSLASH_ESCAPES, or an ANSI_QUOTES ident
 _BLANK = "[ \t\n\r\f\v]"
 _PREFIX = r"(?:[nNxXbB]|_[A-Za-z0-9]+)?"
 
-
-_HINT_RE: Final = re.compile(r"dbbalancer\s*:\s*(primary|replica)\b", re.IGNORECASE)
 
 Token = tuple[str, str, str]
 """(kind, folded text, raw text).  Kinds: ``w`` word (folded lower-case), ``q`` backtick
@@ -375,16 +379,6 @@ def _string_value(tok: Token) -> str | None:
     return None
 
 
-def _hint_of(comments: list[str]) -> RouteHint | None:
-    hint: RouteHint | None = None
-    for text in comments:
-        for m in _HINT_RE.finditer(text):
-            if m.group(1).lower() == "primary":
-                return RouteHint.PRIMARY
-            hint = RouteHint.REPLICA
-    return hint
-
-
 # --------------------------------------------------------------------------------------------
 # Keyword and function tables.
 # --------------------------------------------------------------------------------------------
@@ -520,12 +514,10 @@ _FUNCTION_WRITES: Final = frozenset(
 )
 
 _PLAIN_READ: Final = Classification(_READ, Reason.PLAIN_SELECT, True)
-_EMPTY: Final = Classification(_READ, Reason.EMPTY, True, statements=0)
 _DML: Final = Classification(_WRITE, Reason.DML, False)
 _DDL: Final = Classification(_WRITE, Reason.DDL, False, implicit_commit=True)
 _UNKNOWN: Final = Classification(_WRITE, Reason.UNKNOWN, False)
 _PARSE_ERROR: Final = Classification(_WRITE, Reason.PARSE_ERROR, False)
-_SENSITIVE: Final = Classification(_WRITE, Reason.UNKNOWN, False)  # cache marker
 
 _MAX_CACHED_LENGTH: Final = 16_384
 
@@ -586,50 +578,6 @@ def _has_body(st: list[Token]) -> bool:
     if first == "begin":
         return len(st) > 1 and st[1][1] == "not"
     return st[0][0] == "w" and first in _COMPOUND_WORDS
-
-
-def _dedup(items: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(dict.fromkeys(items))
-
-
-def _combine(parts: list[Classification]) -> Classification:
-    """One classification for a multi-statement string: read only if every part is."""
-    if not parts:
-        return _EMPTY
-    if len(parts) == 1:
-        return parts[0]
-    all_read = all(p.kind is _READ and p.read_only for p in parts)
-    tx_part = next((p for p in reversed(parts) if p.tx is not None), None)
-    return Classification(
-        kind=_READ if all_read else _WRITE,
-        reason=parts[0].reason if all_read else Reason.MULTI_STATEMENT_WRITE,
-        read_only=all_read,
-        tx=tx_part.tx if tx_part else None,
-        tx_read_only=tx_part.tx_read_only if tx_part else None,
-        settings=tuple(s for p in parts for s in p.settings),
-        pins=_dedup(x for p in parts for x in p.pins),
-        unpins=_dedup(x for p in parts for x in p.unpins),
-        functions=_dedup(f for p in parts for f in p.functions),
-        statements=len(parts),
-        prepared_name=next((p.prepared_name for p in reversed(parts) if p.prepared_name), None),
-        target=next((p.target for p in reversed(parts) if p.target), None),
-        parts=tuple(parts),
-        database=next((p.database for p in reversed(parts) if p.database), None),
-        user_variables=tuple(v for p in parts for v in p.user_variables),
-        autocommit=next((p.autocommit for p in reversed(parts) if p.autocommit is not None), None),
-        implicit_commit=any(p.implicit_commit for p in parts),
-        uses_last_result=any(p.uses_last_result for p in parts),
-    )
-
-
-def _apply_hint(c: Classification, hint: RouteHint | None) -> Classification:
-    if hint is None:
-        return c
-    if hint is RouteHint.PRIMARY:
-        reason = Reason.HINT_PRIMARY if c.kind is _READ else c.reason
-        return dataclasses.replace(c, hint=hint, reason=reason, read_only=False)
-    reason = Reason.HINT_REPLICA if c.kind is _READ and c.read_only else c.reason
-    return dataclasses.replace(c, hint=hint, reason=reason)
 
 
 def _more_conservative(a: Classification, b: Classification) -> Classification:
@@ -934,15 +882,7 @@ class Classifier:
                 cache.move_to_end(key)
                 return hit
         result, sensitive = self._classify_uncached(sql, lexed, key)
-        if key is sql:
-            cache[sql] = result  # nothing to normalize: the text is its own fingerprint
-        elif sensitive:
-            cache[key] = _SENSITIVE
-            cache[sql] = result
-        else:
-            cache[key] = result
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
+        store_in_cache(cache, self._cache_size, sql, key, result, sensitive)
         return result
 
     def remember_write(self, sql: str) -> None:
@@ -955,10 +895,7 @@ class Classifier:
             key = _key(sql, _tokenize(sql))
         except Exception:
             return
-        self._learned[key] = None
-        self._learned.move_to_end(key)
-        while len(self._learned) > max(self._cache_size, 1):
-            self._learned.popitem(last=False)
+        learn_template(self._learned, key, self._cache_size)
         self._cache.clear()
 
     def cache_info(self) -> tuple[int, int]:
@@ -974,10 +911,8 @@ class Classifier:
             result = self._classify_lexed(sql, lexed, ctx)
         except Exception:
             result = _PARSE_ERROR  # never raise into the proxy
-        if key in self._learned and not (result.kind is _WRITE and not result.read_only):
-            result = dataclasses.replace(
-                result, kind=_WRITE, reason=Reason.LEARNED_WRITE, read_only=False
-            )
+        if key in self._learned:
+            result = as_learned_write(result)
         return result, ctx.sensitive
 
     def _classify_lexed(self, sql: str, lexed: _Lexed, ctx: _Ctx) -> Classification:

@@ -93,11 +93,17 @@ from typing import Any, Final
 from pglast import keywords as _pg_keywords
 from pglast.parser import parse_sql_json
 
+from dbbalancer.core.classification import EMPTY as _EMPTY
+from dbbalancer.core.classification import SENSITIVE as _SENSITIVE
+from dbbalancer.core.classification import apply_hint as _apply_hint
+from dbbalancer.core.classification import as_learned_write, learn_template, store_in_cache
+from dbbalancer.core.classification import combine as _combine
+from dbbalancer.core.classification import dedup as _dedup
+from dbbalancer.core.classification import hint_of as _hint_of
 from dbbalancer.core.statement import (
     Classification,
     PinReason,
     Reason,
-    RouteHint,
     SettingChange,
     StatementKind,
     TxAction,
@@ -206,7 +212,6 @@ _LIGHT_KEY_RE: Final = re.compile(
     rf"|(?<=[0-9])(?<![{_IDC}][0-9]){_NUM_TAIL}|(?<=\.){_DOT_NUM_TAIL})"
 )
 
-_HINT_RE: Final = re.compile(r"dbbalancer\s*:\s*(primary|replica)\b", re.IGNORECASE)
 
 Token = tuple[str, str]
 """(kind, text): kind is ``w`` (word, lower-cased), ``q`` (quoted identifier, unquoted),
@@ -406,11 +411,8 @@ _PLAIN_READ: Final = Classification(_READ, Reason.PLAIN_SELECT, True)
 # Shared by every plain SELECT the fast path classifies: a read with no session effects, which
 # the engine can skip by identity on the hot path.
 PLAIN_READ: Final = _PLAIN_READ
-_EMPTY: Final = Classification(_READ, Reason.EMPTY, True, statements=0)
 _DML: Final = Classification(_WRITE, Reason.DML, False)
 _PARSE_ERROR: Final = Classification(_WRITE, Reason.PARSE_ERROR, False)
-# Cache marker: "this fingerprint's classification reads literal values; key by exact text".
-_SENSITIVE: Final = Classification(_WRITE, Reason.UNKNOWN, False)
 
 _TX_WORDS: Final = {
     "begin": TxAction.BEGIN,
@@ -528,16 +530,6 @@ def _scs_ambiguous(sql: str) -> bool:
     return _TOKEN_RE.findall(sql) != _TOKEN_SCS_OFF_RE.findall(sql)
 
 
-def _hint_of(comments: list[str]) -> RouteHint | None:
-    hint: RouteHint | None = None
-    for text in comments:
-        for m in _HINT_RE.finditer(text):
-            if m.group(1).lower() == "primary":
-                return RouteHint.PRIMARY
-            hint = RouteHint.REPLICA
-    return hint
-
-
 def _fingerprint(sql: str) -> object:
     """Cache key: ``sql`` itself when there is nothing to normalize, else a normalized form.
 
@@ -569,45 +561,6 @@ def _base_name(name: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Results.
 # --------------------------------------------------------------------------------------------
-def _dedup(items: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(dict.fromkeys(items))
-
-
-def _combine(parts: list[Classification]) -> Classification:
-    """One classification for a multi-statement string: read only if every part is."""
-    if not parts:
-        return _EMPTY
-    if len(parts) == 1:
-        return parts[0]
-    all_read = all(p.kind is _READ and p.read_only for p in parts)
-    tx_part = next((p for p in reversed(parts) if p.tx is not None), None)
-    return Classification(
-        kind=_READ if all_read else _WRITE,
-        reason=parts[0].reason if all_read else Reason.MULTI_STATEMENT_WRITE,
-        read_only=all_read,
-        tx=tx_part.tx if tx_part else None,
-        tx_read_only=tx_part.tx_read_only if tx_part else None,
-        settings=tuple(s for p in parts for s in p.settings),
-        pins=_dedup(x for p in parts for x in p.pins),
-        unpins=_dedup(x for p in parts for x in p.unpins),
-        functions=_dedup(f for p in parts for f in p.functions),
-        statements=len(parts),
-        prepared_name=next((p.prepared_name for p in reversed(parts) if p.prepared_name), None),
-        target=next((p.target for p in reversed(parts) if p.target), None),
-        parts=tuple(parts),
-    )
-
-
-def _apply_hint(c: Classification, hint: RouteHint | None) -> Classification:
-    if hint is None:
-        return c
-    if hint is RouteHint.PRIMARY:
-        reason = Reason.HINT_PRIMARY if c.kind is _READ else c.reason
-        return dataclasses.replace(c, hint=hint, reason=reason, read_only=False)
-    reason = Reason.HINT_REPLICA if c.kind is _READ and c.read_only else c.reason
-    return dataclasses.replace(c, hint=hint, reason=reason)
-
-
 class _Calls:
     """Function calls of one statement, resolved to a write reason, pins and settings."""
 
@@ -768,15 +721,7 @@ class Classifier:
                 if hit is not _SENSITIVE:
                     return hit
         result, sensitive = self._classify_uncached(sql, key)
-        if key is sql:
-            cache[sql] = result  # nothing was normalized: the text is its own fingerprint
-        elif sensitive:
-            cache[key] = _SENSITIVE
-            cache[sql] = result
-        else:
-            cache[key] = result
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
+        store_in_cache(cache, self._cache_size, sql, key, result, sensitive)
         return result
 
     def set_volatility(self, lookup: VolatilityLookup | None) -> None:
@@ -793,10 +738,7 @@ class Classifier:
         cleared: this is rare and it also drops literal-sensitive variants cached by exact text.
         """
         key = _fingerprint(sql)
-        self._learned[key] = None
-        self._learned.move_to_end(key)
-        while len(self._learned) > max(self._cache_size, 1):
-            self._learned.popitem(last=False)
+        learn_template(self._learned, key, self._cache_size)
         self._cache.clear()
 
     def cache_info(self) -> tuple[int, int]:
@@ -811,10 +753,8 @@ class Classifier:
         except Exception:
             # Never raise into the proxy: anything unexpected goes to the primary.
             result = _PARSE_ERROR
-        if key in self._learned and not (result.kind is _WRITE and not result.read_only):
-            result = dataclasses.replace(
-                result, kind=_WRITE, reason=Reason.LEARNED_WRITE, read_only=False
-            )
+        if key in self._learned:
+            result = as_learned_write(result)
         return result, ctx.sensitive
 
     def _classify_text(self, sql: str, ctx: _Ctx) -> Classification:

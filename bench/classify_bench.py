@@ -19,30 +19,23 @@ statements < 20 us.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import platform
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pglast
 from pglast.parser import parse_sql_json
 
+from bench._classify_common import Case as _Case
+from bench._classify_common import best_us, time_cache
 from dbbalancer.postgres.classify import Classifier, _fingerprint, _tokenize
 
 
 @dataclass(frozen=True)
-class Case:
-    """A statement template: ``{}`` slots receive fresh integers for the new-literal runs."""
+class Case(_Case):
+    """A statement template; ``pgbench`` ones are held to the uncached target as well."""
 
-    name: str
-    template: str
     pgbench: bool = False
-
-    def texts(self) -> Iterator[str]:
-        for i in itertools.count(1):
-            yield self.template.format(*([i * 7919 % 100_003] * self.template.count("{}")))
 
 
 CASES = (
@@ -83,50 +76,16 @@ CASES = (
 )
 
 
-def best_us(fn: Callable[[], object], number: int, rounds: int) -> float:
-    """Best per-call time in microseconds over ``rounds`` runs of ``number`` calls."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter_ns() - start) / number / 1000)
-    return best
-
-
-def best_us_stream(fn: Callable[[str], object], texts: list[str], rounds: int) -> float:
-    """Like best_us, feeding a different text to every call."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
-        for text in texts:
-            fn(text)
-        best = min(best, (time.perf_counter_ns() - start) / len(texts) / 1000)
-    return best
-
-
 def run(number: int, rounds: int) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for case in CASES:
-        gen = case.texts()
-        sql = next(gen)
-        fresh = [next(gen) for _ in range(number * rounds)]
-        uncached = Classifier(cache_size=0)
-        cached = Classifier()
-        cached.classify(sql)
-        cold = best_us(lambda s=sql, c=uncached: c.classify(s), number, rounds)  # type: ignore[misc]
-        exact = best_us(lambda s=sql, c=cached: c.classify(s), number, rounds)  # type: ignore[misc]
-        warm = Classifier(cache_size=len(fresh) + 10)
-        warm.classify(sql)
-        chunks = [fresh[i * number : (i + 1) * number] for i in range(rounds)]
-        # Each round gets literals it has not seen: the exact-text lookup misses, the fingerprint
-        # hits (except for literal-sensitive statements, which are classified again).
-        new_literal = min(best_us_stream(warm.classify, chunk, 1) for chunk in chunks)
+        timed = time_cache(Classifier, case, number, rounds)
+        sql, cold, exact, new_literal = timed.sql, timed.cold, timed.exact, timed.new_literal
         tokenize = best_us(lambda s=sql: _tokenize(s), number, rounds)  # type: ignore[misc]
         fingerprint = best_us(lambda s=sql: _fingerprint(s), number, rounds)  # type: ignore[misc]
         pg_json = best_us(lambda s=sql: parse_sql_json(s), number, rounds)  # type: ignore[misc]
         pg_ast = best_us(lambda s=sql: pglast.parse_sql(s), max(1, number // 10), rounds)  # type: ignore[misc]
-        verdict = uncached.classify(sql)
+        verdict = timed.verdict
         ok = exact < 2 and (not case.pgbench or (cold < 20 and new_literal < 2))
         rows.append(
             (

@@ -4,31 +4,15 @@
 statement: ``cold`` (no cache: tokenize + analysis), ``cached exact`` (the same text again),
 ``cached new literal`` (the same template with literals never seen: tokenize + fingerprint
 lookup) and ``tokenize`` alone.  Best of ``--rounds`` runs of ``--number`` calls; the timing
-helpers are those of ``bench.classify_bench``.
+helpers are those of ``bench._classify_common``.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-from bench.classify_bench import best_us, best_us_stream
+from bench._classify_common import Case, best_us, time_cache
 from dbbalancer.mysql.classify import Classifier, _tokenize
-
-
-@dataclass(frozen=True)
-class Case:
-    """A statement template: ``{}`` slots receive fresh integers for the new-literal runs."""
-
-    name: str
-    template: str
-
-    def texts(self) -> Iterator[str]:
-        for i in itertools.count(1):
-            yield self.template.format(*([i * 7919 % 100_003] * self.template.count("{}")))
-
 
 CASES = (
     Case("sysbench point select", "SELECT c FROM sbtest1 WHERE id={}"),
@@ -50,27 +34,16 @@ CASES = (
 def run(number: int, rounds: int) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for case in CASES:
-        gen = case.texts()
-        sql = next(gen)
-        fresh = [next(gen) for _ in range(number * rounds)]
-        uncached = Classifier(cache_size=0)
-        cached = Classifier()
-        cached.classify(sql)
-        cold = best_us(lambda s=sql, c=uncached: c.classify(s), number, rounds)  # type: ignore[misc]
-        exact = best_us(lambda s=sql, c=cached: c.classify(s), number, rounds)  # type: ignore[misc]
-        warm = Classifier(cache_size=len(fresh) + 10)
-        warm.classify(sql)
-        chunks = [fresh[i * number : (i + 1) * number] for i in range(rounds)]
-        new_literal = min(best_us_stream(warm.classify, chunk, 1) for chunk in chunks)
-        tokenize = best_us(lambda s=sql: _tokenize(s), number, rounds)  # type: ignore[misc]
-        verdict = uncached.classify(sql)
+        timed = time_cache(Classifier, case, number, rounds)
+        tokenize = best_us(lambda s=timed.sql: _tokenize(s), number, rounds)  # type: ignore[misc]
+        verdict = timed.verdict
         rows.append(
             (
                 case.name,
                 f"{verdict.kind.value}/{verdict.reason.value}",
-                f"{cold:.2f}",
-                f"{exact:.2f}",
-                f"{new_literal:.2f}",
+                f"{timed.cold:.2f}",
+                f"{timed.exact:.2f}",
+                f"{timed.new_literal:.2f}",
                 f"{tokenize:.2f}",
             )
         )

@@ -7,11 +7,10 @@ and the tables behind the decisions.
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
+from _corpus import check_common_fields, corpus_id, load_corpus
 
 from dbbalancer.core.statement import (
     Classification,
@@ -35,12 +34,7 @@ from dbbalancer.mysql.classify import (
     classify,
 )
 
-CORPUS_PATH = Path(__file__).resolve().parents[1] / "data" / "mysql_statements.toml"
-CORPUS: list[dict[str, Any]] = tomllib.loads(CORPUS_PATH.read_text("utf-8"))["statement"]
-
-
-def _corpus_id(entry: dict[str, Any]) -> str:
-    return entry["sql"][:60].replace("\n", "\\n") or "<empty>"
+CORPUS = load_corpus("mysql_statements.toml")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,25 +47,7 @@ def test_corpus_is_large_and_unique() -> None:
 
 
 def _check_entry(c: Classification, e: dict[str, Any]) -> None:
-    assert c.kind.value == e["kind"]
-    if "reason" in e:
-        assert c.reason.value == e["reason"]
-    if "read_only" in e:
-        assert c.read_only is e["read_only"]
-    elif c.kind is StatementKind.READ and c.hint is not RouteHint.PRIMARY:
-        assert c.read_only
-    elif c.kind is StatementKind.WRITE:
-        assert not c.read_only
-    if "statements" in e:
-        assert c.statements == e["statements"]
-    if "tx" in e:
-        assert c.tx is not None
-        assert c.tx.value == e["tx"]
-        assert c.tx_read_only == e.get("tx_read_only")
-    if "pins" in e:
-        assert [p.value for p in c.pins] == e["pins"]
-    if "unpins" in e:
-        assert [u.value for u in c.unpins] == e["unpins"]
+    check_common_fields(c, e)
     if "settings" in e:
         expected = [SettingChange(s["name"], s.get("value"), False) for s in e["settings"]]
         assert list(c.settings) == expected
@@ -79,11 +55,6 @@ def _check_entry(c: Classification, e: dict[str, Any]) -> None:
         assert list(c.user_variables) == [
             UserVariable(v["name"], v.get("value")) for v in e["user_variables"]
         ]
-    if "hint" in e:
-        assert c.hint is not None
-        assert c.hint.value == e["hint"]
-    if "prepared_name" in e:
-        assert c.prepared_name == e["prepared_name"]
     if "implicit_commit" in e:
         assert c.implicit_commit is e["implicit_commit"]
     # These three change where later statements run: absent means "not set".
@@ -92,7 +63,7 @@ def _check_entry(c: Classification, e: dict[str, Any]) -> None:
     assert c.uses_last_result is e.get("uses_last_result", False)
 
 
-@pytest.mark.parametrize("entry", CORPUS, ids=_corpus_id)
+@pytest.mark.parametrize("entry", CORPUS, ids=corpus_id)
 def test_corpus_entry(entry: dict[str, Any]) -> None:
     _check_entry(Classifier().classify(entry["sql"]), entry)
 

@@ -8,11 +8,11 @@ agreement between the token fast path and the parse-tree authority.
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _corpus import check_common_fields, corpus_id, load_corpus
 
 from dbbalancer.core.statement import (
     Classification,
@@ -36,12 +36,7 @@ from dbbalancer.postgres.classify import (
     classify,
 )
 
-CORPUS_PATH = Path(__file__).resolve().parents[1] / "data" / "pg_statements.toml"
-CORPUS: list[dict[str, Any]] = tomllib.loads(CORPUS_PATH.read_text("utf-8"))["statement"]
-
-
-def _corpus_id(entry: dict[str, Any]) -> str:
-    return entry["sql"][:60].replace("\n", "\\n") or "<empty>"
+CORPUS = load_corpus("pg_statements.toml")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,36 +49,13 @@ def test_corpus_is_large_and_unique() -> None:
 
 
 def _check_entry(c: Classification, e: dict[str, Any]) -> None:
-    assert c.kind.value == e["kind"]
-    if "reason" in e:
-        assert c.reason.value == e["reason"]
-    if "read_only" in e:
-        assert c.read_only is e["read_only"]
-    elif c.kind is StatementKind.READ and c.hint is not RouteHint.PRIMARY:
-        assert c.read_only
-    elif c.kind is StatementKind.WRITE:
-        assert not c.read_only
-    if "statements" in e:
-        assert c.statements == e["statements"]
-    if "tx" in e:
-        assert c.tx is not None
-        assert c.tx.value == e["tx"]
-        assert c.tx_read_only == e.get("tx_read_only")
-    if "pins" in e:
-        assert [p.value for p in c.pins] == e["pins"]
-    if "unpins" in e:
-        assert [u.value for u in c.unpins] == e["unpins"]
+    check_common_fields(c, e)
     if "settings" in e:
         expected = [SettingChange(s["name"], s.get("value"), s["local"]) for s in e["settings"]]
         assert [SettingChange(s.name, s.value, s.local) for s in c.settings] == expected
-    if "hint" in e:
-        assert c.hint is not None
-        assert c.hint.value == e["hint"]
-    if "prepared_name" in e:
-        assert c.prepared_name == e["prepared_name"]
 
 
-@pytest.mark.parametrize("entry", CORPUS, ids=_corpus_id)
+@pytest.mark.parametrize("entry", CORPUS, ids=corpus_id)
 def test_corpus_entry(entry: dict[str, Any]) -> None:
     _check_entry(Classifier().classify(entry["sql"]), entry)
 
@@ -98,7 +70,7 @@ def test_corpus_through_one_shared_cache_twice() -> None:
         _check_entry(shared.classify(entry["sql"]), entry)
 
 
-@pytest.mark.parametrize("entry", CORPUS, ids=_corpus_id)
+@pytest.mark.parametrize("entry", CORPUS, ids=corpus_id)
 def test_fast_path_agrees_with_parse_tree(entry: dict[str, Any]) -> None:
     sql = entry["sql"]
     toks, _lead, error, _bs = _tokenize(sql)

@@ -40,11 +40,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from dbbalancer.testing.ports import LOOPBACK, free_ports
 from dbbalancer.testing.servers import KEEP_ENV as KEEP_ENV
-from dbbalancer.testing.servers import ServerAccount, ServerCluster, run_as, system_account
+from dbbalancer.testing.servers import (
+    ServerAccount,
+    ServerCluster,
+    ServerNode,
+    run_as,
+    system_account,
+)
 
 __all__ = [
     "MariaDbBinaries",
@@ -71,18 +76,11 @@ class MariaDbClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class MariaDbNode:
+class MariaDbNode(ServerNode):
     """One MariaDB server of the cluster: identity only, no runtime state."""
 
-    name: str
-    host: str
-    port: int
     node_dir: Path
     server_id: int
-
-    def address(self) -> str:
-        """Return ``host:port``, the form dbbalancer's configuration uses for a server."""
-        return f"{self.host}:{self.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -205,6 +203,7 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
     """
 
     _error = MariaDbClusterError
+    _url_scheme = "mysql"
     _tempdir_prefix = "dbbalancer-mariadb-"
 
     def __init__(
@@ -286,22 +285,6 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
             "password": self.password if password is None else password,
             "database": self.database if database is None else database,
         }
-
-    def url(
-        self,
-        node: MariaDbNode,
-        *,
-        user: str | None = None,
-        password: str | None = None,
-        database: str | None = None,
-    ) -> str:
-        """A ``mysql://user:password@host:port/database`` URL."""
-        return (
-            f"mysql://{quote(self.user if user is None else user, safe='')}"
-            f":{quote(self.password if password is None else password, safe='')}"
-            f"@{node.host}:{node.port}"
-            f"/{quote(self.database if database is None else database, safe='')}"
-        )
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -31,7 +31,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from dbbalancer.testing.ports import LOOPBACK, free_ports
 from dbbalancer.testing.servers import FALLBACK_SERVER_USER as FALLBACK_SERVER_USER
@@ -39,6 +38,7 @@ from dbbalancer.testing.servers import KEEP_ENV as KEEP_ENV
 from dbbalancer.testing.servers import (
     ServerAccount,
     ServerCluster,
+    ServerNode,
     pid_alive,
     run_as,
     system_account,
@@ -67,17 +67,10 @@ class PgClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PgNode:
+class PgNode(ServerNode):
     """One PostgreSQL server of the cluster: identity only, no runtime state."""
 
-    name: str
-    host: str
-    port: int
     data_dir: Path
-
-    def address(self) -> str:
-        """Return ``host:port``, the form dbbalancer's configuration uses for a server."""
-        return f"{self.host}:{self.port}"
 
     @property
     def node_dir(self) -> Path:
@@ -160,6 +153,7 @@ class PgCluster(ServerCluster[PgNode]):
     """
 
     _error = PgClusterError
+    _url_scheme = "postgresql"
     _tempdir_prefix = "dbbalancer-pg-"
 
     def __init__(
@@ -237,22 +231,6 @@ class PgCluster(ServerCluster[PgNode]):
             user=self.user if user is None else user,
             password=self.password if password is None else password,
             dbname=self.database if database is None else database,
-        )
-
-    def url(
-        self,
-        node: PgNode,
-        *,
-        user: str | None = None,
-        password: str | None = None,
-        database: str | None = None,
-    ) -> str:
-        """A ``postgresql://user:password@host:port/dbname`` URI (libpq "Connection URIs")."""
-        return (
-            f"postgresql://{quote(self.user if user is None else user, safe='')}"
-            f":{quote(self.password if password is None else password, safe='')}"
-            f"@{node.host}:{node.port}"
-            f"/{quote(self.database if database is None else database, safe='')}"
         )
 
     def admin_dsn(self, node: PgNode) -> str:

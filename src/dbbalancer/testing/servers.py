@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from urllib.parse import quote
 
 __all__ = [
     "FALLBACK_SERVER_USER",
     "KEEP_ENV",
     "ServerAccount",
     "ServerCluster",
+    "ServerNode",
     "StartStopContext",
     "pid_alive",
     "run_as",
@@ -144,11 +146,30 @@ def pid_alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
-class ServerNode(Protocol):
-    """What :class:`ServerCluster` needs of a node."""
+@dataclass(frozen=True)
+class ServerNode:
+    """One server of a cluster: identity only, no runtime state."""
+
+    name: str
+    host: str
+    port: int
+
+    def address(self) -> str:
+        """Return ``host:port``, the form dbbalancer's configuration uses for a server."""
+        return f"{self.host}:{self.port}"
+
+
+class _ClusterNode(Protocol):
+    """What :class:`ServerCluster` needs of a node: a :class:`ServerNode` with directory and log."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
     @property
     def node_dir(self) -> Path: ...
@@ -159,7 +180,7 @@ class ServerNode(Protocol):
     def address(self) -> str: ...
 
 
-NodeT = TypeVar("NodeT", bound=ServerNode)
+NodeT = TypeVar("NodeT", bound=_ClusterNode)
 
 
 class ServerCluster(StartStopContext, Generic[NodeT]):
@@ -172,6 +193,7 @@ class ServerCluster(StartStopContext, Generic[NodeT]):
 
     _error: ClassVar[type[RuntimeError]]
     _tempdir_prefix: ClassVar[str]
+    _url_scheme: ClassVar[str]
 
     def __init__(
         self,
@@ -237,6 +259,22 @@ class ServerCluster(StartStopContext, Generic[NodeT]):
 
     def is_running(self, node: NodeT) -> bool:
         raise NotImplementedError
+
+    def url(
+        self,
+        node: NodeT,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
+    ) -> str:
+        """A ``<scheme>://user:password@host:port/database`` URL, the login user's by default."""
+        return (
+            f"{self._url_scheme}://{quote(self.user if user is None else user, safe='')}"
+            f":{quote(self.password if password is None else password, safe='')}"
+            f"@{node.host}:{node.port}"
+            f"/{quote(self.database if database is None else database, safe='')}"
+        )
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -6,18 +6,18 @@ import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import uvloop
 
 from dbbalancer.app import App
 from dbbalancer.config import Config
+from dbbalancer.testing.servers import StartStopContext
 
 T = TypeVar("T")
 
 
-class BalancerThread:
+class BalancerThread(StartStopContext):
     """An App serving in a daemon thread; `stop()` drains it and joins the thread."""
 
     def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
@@ -77,14 +77,3 @@ class BalancerThread:
             self._thread.join(timeout)
         if self._error is not None:
             raise RuntimeError("the balancer failed") from self._error
-
-    def __enter__(self) -> BalancerThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

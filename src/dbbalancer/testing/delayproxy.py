@@ -13,12 +13,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from dbbalancer.testing.ports import LOOPBACK
+from dbbalancer.testing.servers import StartStopContext
 
 
-class DelayProxy:
+class DelayProxy(StartStopContext):
     """Listens on 127.0.0.1 (a free port) and relays every connection to `target`."""
 
     def __init__(self, target: tuple[str, int], delay: float) -> None:
@@ -64,17 +64,6 @@ class DelayProxy:
                 sock.close()
         for thread in threads:
             thread.join(5)
-
-    def __enter__(self) -> DelayProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

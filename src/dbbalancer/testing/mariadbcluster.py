@@ -17,9 +17,10 @@ Unix socket, pid file). Every program runs with ``--no-defaults``, so ``/etc/mys
 listen on free loopback ports only. Ports 3306 and 5432 are never handed out.
 
 MariaDB refuses to run as root without ``--user``; when this process runs as root, the server
-programs run as the ``mysql`` system user when it exists, else as the account
-:func:`dbbalancer.testing.pgcluster.server_account` picks. Clients (``mariadb``) keep running as
-the caller and reach ``root@localhost`` (no password, Unix socket only) for administration.
+programs run as the ``mysql`` system user when it exists, else as ``postgres`` or the system
+user ``dbbalancer`` (:func:`dbbalancer.testing.servers.system_account`). Clients
+(``mariadb``) keep running as the caller and reach ``root@localhost`` (no password, Unix socket
+only) for administration.
 
 Binaries are found in ``$DBBALANCER_MARIADB_BINDIR`` first, then ``PATH``, ``/usr/sbin`` and
 ``/usr/bin``. ``make setup`` installs them (``mariadb-server``, ``mariadb-client``).
@@ -27,30 +28,28 @@ Binaries are found in ``$DBBALANCER_MARIADB_BINDIR`` first, then ``PATH``, ``/us
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import pwd
 import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
-from dbbalancer.testing.pgcluster import (
-    ServerAccount,
-    _untraversable_parent,
-    server_account,
-)
 from dbbalancer.testing.ports import LOOPBACK, free_ports
+from dbbalancer.testing.servers import KEEP_ENV as KEEP_ENV
+from dbbalancer.testing.servers import (
+    ServerAccount,
+    ServerCluster,
+    ServerNode,
+    run_as,
+    system_account,
+)
 
 __all__ = [
     "MariaDbBinaries",
@@ -62,13 +61,11 @@ __all__ = [
 ]
 
 BINDIR_ENV = "DBBALANCER_MARIADB_BINDIR"
-KEEP_ENV = "DBBALANCER_KEEP_CLUSTER"
 # Never hand out the machine's own MariaDB/MySQL and PostgreSQL ports.
 RESERVED_PORTS = frozenset({3306, 5432})
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
 _CLIENT_TIMEOUT = 30.0
-_PORT_RETRIES = 3
 _XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 _REPL_USER = "dbb_repl"
 _REPL_PASSWORD = "repl"
@@ -79,18 +76,11 @@ class MariaDbClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class MariaDbNode:
+class MariaDbNode(ServerNode):
     """One MariaDB server of the cluster: identity only, no runtime state."""
 
-    name: str
-    host: str
-    port: int
     node_dir: Path
     server_id: int
-
-    def address(self) -> str:
-        """Return ``host:port``, the form dbbalancer's configuration uses for a server."""
-        return f"{self.host}:{self.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -166,15 +156,10 @@ def find_mariadb_binaries() -> MariaDbBinaries:
 def mariadb_account() -> ServerAccount | None:
     """The account server programs run as: ``None`` (ourselves) unless we are root.
 
-    As root: the ``mysql`` system user when it exists, else the PostgreSQL cluster's choice
-    (``postgres`` or the ``dbbalancer`` system user, created once).
+    As root: the ``mysql`` system user when it exists, else ``postgres``, else the
+    ``dbbalancer`` system user (created once), as for the PostgreSQL cluster.
     """
-    if os.geteuid() != 0:
-        return None
-    with contextlib.suppress(KeyError):
-        entry = pwd.getpwnam("mysql")
-        return ServerAccount("mysql", entry.pw_uid, entry.pw_gid)
-    return server_account()
+    return system_account(("mysql", "postgres"), MariaDbClusterError)
 
 
 def parse_gtid_pos(text: str | None) -> dict[int, int]:
@@ -202,7 +187,7 @@ def gtid_pos_covers(have: Mapping[int, int], want: Mapping[int, int]) -> bool:
     return all(have.get(domain, 0) >= seq for domain, seq in want.items())
 
 
-class MariaDbCluster:
+class MariaDbCluster(ServerCluster[MariaDbNode]):
     """A MariaDB primary plus ``replicas`` GTID replicas on loopback, from local binaries.
 
     Nodes are named ``primary``, ``replica1``, ``replica2``, ...; server ids are 1, 2, 3, ...;
@@ -216,6 +201,10 @@ class MariaDbCluster:
     of this process; an ``atexit`` hook stops a cluster the program forgot, and :meth:`stop` only
     ever signals the PIDs of the servers this object started, never processes found by name.
     """
+
+    _error = MariaDbClusterError
+    _url_scheme = "mysql"
+    _tempdir_prefix = "dbbalancer-mariadb-"
 
     def __init__(
         self,
@@ -242,63 +231,26 @@ class MariaDbCluster:
                 raise ValueError(f"delay for replica {index} must be >= 0, got {seconds}")
         if len({user, superuser, "root", _REPL_USER}) != 4:
             raise ValueError(f"user and superuser must differ from each other, root, {_REPL_USER}")
-        self._replica_count = replicas
-        self._requested_base_dir = base_dir
-        self.user = user
-        self.password = password
-        self.database = database
-        self.superuser = superuser
-        self.superuser_password = superuser_password
+        super().__init__(
+            replicas,
+            base_dir=base_dir,
+            user=user,
+            password=password,
+            database=database,
+            superuser=superuser,
+            superuser_password=superuser_password,
+            keep=keep,
+        )
         self._delays = {f"replica{index + 1}": int(s) for index, s in delays.items()}
         self._max_connections = max_connections
         self._extra_args = list(extra_args)
-        self.keep = keep or os.environ.get(KEEP_ENV, "") not in ("", "0")
-
         self._bins: MariaDbBinaries | None = None
-        self._account: ServerAccount | None = None
-        self._base_dir: Path | None = None
-        self._owns_base_dir = False
-        self._nodes: dict[str, MariaDbNode] = {}
-        self._primary_name: str | None = None
-        self._replica_names: list[str] = []
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         # MASTER_USE_GTID per replica: slave_pos, or current_pos for a rejoined old primary,
         # whose own writes are in its binlog but not in its gtid_slave_pos.
         self._gtid_modes: dict[str, str] = {}
-        self._atexit_registered = False
 
     # ----------------------------------------------------------------- bookkeeping
-
-    @property
-    def base_dir(self) -> Path:
-        """The directory holding every node directory (valid once :meth:`start` ran)."""
-        if self._base_dir is None:
-            raise MariaDbClusterError("the cluster has not been started")
-        return self._base_dir
-
-    @property
-    def primary(self) -> MariaDbNode:
-        """The node currently acting as primary (the promoted one after :meth:`promote`)."""
-        if self._primary_name is None:
-            raise MariaDbClusterError("the cluster has not been started")
-        return self._nodes[self._primary_name]
-
-    @property
-    def replicas(self) -> list[MariaDbNode]:
-        """The current replicas, running or stopped, in the order they became replicas."""
-        return [self._nodes[name] for name in self._replica_names]
-
-    @property
-    def nodes(self) -> list[MariaDbNode]:
-        """Every node ever created, in creation order (a demoted old primary included)."""
-        return list(self._nodes.values())
-
-    def node(self, name: str) -> MariaDbNode:
-        """Return the node called ``name`` (``primary``, ``replica1``, ...)."""
-        try:
-            return self._nodes[name]
-        except KeyError:
-            raise MariaDbClusterError(f"no node named {name!r}") from None
 
     def pid(self, node: MariaDbNode) -> int | None:
         """The PID of ``node``'s ``mariadbd`` as started by us, or ``None`` if it is not running."""
@@ -334,34 +286,7 @@ class MariaDbCluster:
             "database": self.database if database is None else database,
         }
 
-    def url(
-        self,
-        node: MariaDbNode,
-        *,
-        user: str | None = None,
-        password: str | None = None,
-        database: str | None = None,
-    ) -> str:
-        """A ``mysql://user:password@host:port/database`` URL."""
-        return (
-            f"mysql://{quote(self.user if user is None else user, safe='')}"
-            f":{quote(self.password if password is None else password, safe='')}"
-            f"@{node.host}:{node.port}"
-            f"/{quote(self.database if database is None else database, safe='')}"
-        )
-
     # ----------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> MariaDbCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> MariaDbCluster:
         """Create and start the primary and every replica; return once all replicate.
@@ -369,18 +294,11 @@ class MariaDbCluster:
         Returns when every replica's IO and SQL threads run and the login user can connect
         over TCP to every node.
         """
-        if self._primary_name is not None:
-            raise MariaDbClusterError("the cluster is already started")
+        return super().start()
+
+    def _find_programs(self) -> None:
         self._bins = find_mariadb_binaries()
         self._account = mariadb_account()
-        self._prepare_base_dir()
-        self._register_atexit()
-        try:
-            self._start_cluster()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start_cluster(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -420,14 +338,7 @@ class MariaDbCluster:
         deadline = time.monotonic() + _STOP_TIMEOUT
         for node in running:
             self._reap(node, max(0.1, deadline - time.monotonic()), errors)
-        if self._atexit_registered:
-            atexit.unregister(self._atexit_stop)
-            self._atexit_registered = False
-        if self._base_dir is not None and not self.keep:
-            self._remove_files()
-        still = [node.name for node in running if self.is_running(node)]
-        if still:
-            raise MariaDbClusterError(f"could not stop {still}: {'; '.join(errors)}")
+        self._finish_stop(running, errors)
 
     def stop_node(self, node: MariaDbNode, *, timeout: float = _STOP_TIMEOUT) -> None:
         """Shut ``node`` down cleanly (SIGTERM), with SIGKILL if it takes over ``timeout``."""
@@ -633,44 +544,10 @@ class MariaDbCluster:
                 )
             time.sleep(0.05)
 
-    def log_tail(self, node: MariaDbNode, lines: int = 50) -> str:
-        """The last ``lines`` lines of ``node``'s error log ("" if it does not exist)."""
-        try:
-            text = node.log_file.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def log_tails(self, lines: int = 50) -> str:
-        """Log tails of every node, each under a header naming the node."""
-        return self._log_tails(self.nodes, lines)
-
     # ----------------------------------------------------------------- internals: setup
 
-    def _prepare_base_dir(self) -> None:
-        if self._requested_base_dir is None:
-            self._base_dir = Path(tempfile.mkdtemp(prefix="dbbalancer-mariadb-"))
-            self._owns_base_dir = True
-        else:
-            base = self._requested_base_dir.resolve()
-            self._owns_base_dir = not base.exists()
-            base.mkdir(parents=True, exist_ok=True)
-            self._base_dir = base
-        if self._account is not None:
-            os.chown(self._base_dir, self._account.uid, self._account.gid)
-            blocked = _untraversable_parent(self._base_dir, self._account)
-            if blocked is not None:
-                raise MariaDbClusterError(
-                    f"the server user {self._account.name!r} cannot traverse {blocked}: "
-                    f"pick a base_dir whose parents are world-searchable (e.g. under /tmp)"
-                )
-
     def _make_node(self, name: str, port: int, server_id: int) -> MariaDbNode:
-        node_dir = self.base_dir / name
-        if node_dir.exists():
-            raise MariaDbClusterError(f"{node_dir} already exists; use an empty base_dir")
-        node_dir.mkdir(mode=0o700)
-        self._chown(node_dir)
+        node_dir = self._make_node_dir(name)
         node = MariaDbNode(name, LOOPBACK, port, node_dir, server_id)
         if len(os.fsencode(str(node.socket))) >= 104:
             raise MariaDbClusterError(
@@ -694,7 +571,6 @@ class MariaDbCluster:
             # A server outside the standard layout (e.g. an unpacked tarball): install-db finds
             # mariadbd and its share files relative to the base directory.
             args.append(f"--basedir={self._bin().server.parent.parent}")
-        account = self._account
         try:
             result = subprocess.run(
                 args,
@@ -705,9 +581,7 @@ class MariaDbCluster:
                 env=self._env(),
                 timeout=_START_TIMEOUT,
                 check=False,
-                user=None if account is None else account.uid,
-                group=None if account is None else account.gid,
-                extra_groups=None if account is None else [],
+                **run_as(self._account),
             )
         except subprocess.TimeoutExpired as exc:
             raise MariaDbClusterError(f"mariadb-install-db timed out after {exc.timeout}s") from exc
@@ -836,18 +710,12 @@ class MariaDbCluster:
         assert self._bins is not None, "find_mariadb_binaries() runs in start()"
         return self._bins
 
-    def _chown(self, path: Path) -> None:
-        if self._account is not None:
-            os.lchown(path, self._account.uid, self._account.gid)
-
     def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         # MYSQL_HOST, MYSQL_TCP_PORT, MYSQL_UNIX_PORT, MYSQL_PWD, ... would silently redirect our
         # programs, e.g. to the machine's own server.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL", "MARIADB"))}
         env["LC_ALL"] = "C"
-        if self._account is not None:
-            env["HOME"] = str(self.base_dir)
-            env["USER"] = env["LOGNAME"] = self._account.name
+        self._env_as_account(env)
         env.update(extra or {})
         return env
 
@@ -856,7 +724,6 @@ class MariaDbCluster:
         # in it too.
         log = node.log_file.open("ab")
         self._chown(node.log_file)
-        account = self._account
         try:
             self._procs[node.name] = subprocess.Popen(
                 self._server_args(node),
@@ -867,9 +734,7 @@ class MariaDbCluster:
                 env=self._env(),
                 # Own session: a Ctrl-C in the terminal reaches us, and we stop the servers.
                 start_new_session=True,
-                user=None if account is None else account.uid,
-                group=None if account is None else account.gid,
-                extra_groups=None if account is None else [],
+                **run_as(self._account),
             )
         finally:
             log.close()
@@ -896,21 +761,14 @@ class MariaDbCluster:
             time.sleep(0.03)
 
     def _wait_up_with_port_retry(self, node: MariaDbNode, deadline: float) -> MariaDbNode:
-        # free_ports() closes its sockets before mariadbd binds, so another process may grab
-        # the port meanwhile; pick a new one rather than fail the whole run.
-        for attempt in range(_PORT_RETRIES):
-            try:
-                self._wait_up(node, deadline)
-                return node
-            except MariaDbClusterError:
-                if attempt + 1 == _PORT_RETRIES or "already in use" not in self.log_tail(node):
-                    raise
+        def move(node: MariaDbNode) -> MariaDbNode:
             node = MariaDbNode(
                 node.name, node.host, _pick_ports(1)[0], node.node_dir, node.server_id
             )
-            self._nodes[node.name] = node
             self._launch(node)
-        raise AssertionError("unreachable")
+            return node
+
+        return self._retry_port_clash(node, lambda node: self._wait_up(node, deadline), move)
 
     def _signal(self, node: MariaDbNode, signum: signal.Signals) -> None:
         proc = self._procs.get(node.name)
@@ -959,32 +817,13 @@ class MariaDbCluster:
         except subprocess.TimeoutExpired as exc:
             raise MariaDbClusterError(f"mariadb on {node.name} timed out: {list(args)}") from exc
 
-    def _atexit_stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
-
-    def _register_atexit(self) -> None:
-        if not self._atexit_registered:
-            atexit.register(self._atexit_stop)
-            self._atexit_registered = True
-
     def _remove_files(self) -> None:
+        super()._remove_files()
         assert self._base_dir is not None
-        if self._owns_base_dir:
-            shutil.rmtree(self._base_dir, ignore_errors=True)
-        else:
-            for node in self.nodes:
-                shutil.rmtree(node.node_dir, ignore_errors=True)
+        if not self._owns_base_dir:
             shutil.rmtree(self._base_dir / "template", ignore_errors=True)
             with contextlib.suppress(OSError):
                 (self._base_dir / "install-db.log").unlink()
-
-    def _log_tails(self, nodes: Iterable[MariaDbNode], lines: int = 50) -> str:
-        parts = []
-        for node in nodes:
-            parts.append(f"----- {node.name} ({node.address()}) {node.log_file} -----")
-            parts.append(self.log_tail(node, lines) or "(no log)")
-        return "\n".join(parts)
 
 
 # --------------------------------------------------------------------- pure helpers

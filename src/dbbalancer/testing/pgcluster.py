@@ -21,25 +21,28 @@ Binaries are found in this order: ``$DBBALANCER_PG_BINDIR``; the highest
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import grp
 import os
-import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from urllib.parse import quote
 
 from dbbalancer.testing.ports import LOOPBACK, free_ports
+from dbbalancer.testing.servers import FALLBACK_SERVER_USER as FALLBACK_SERVER_USER
+from dbbalancer.testing.servers import KEEP_ENV as KEEP_ENV
+from dbbalancer.testing.servers import (
+    ServerAccount,
+    ServerCluster,
+    ServerNode,
+    pid_alive,
+    run_as,
+    system_account,
+)
 
 __all__ = [
     "PgCluster",
@@ -51,15 +54,12 @@ __all__ = [
 ]
 
 BINDIR_ENV = "DBBALANCER_PG_BINDIR"
-KEEP_ENV = "DBBALANCER_KEEP_CLUSTER"
-FALLBACK_SERVER_USER = "dbbalancer"
 _DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 _SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
 _NULL_MARK = "\x1d<NULL>\x1d"
 _FIELD_SEP = "\x1f"
-_PORT_RETRIES = 3
 
 
 class PgClusterError(RuntimeError):
@@ -67,17 +67,10 @@ class PgClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PgNode:
+class PgNode(ServerNode):
     """One PostgreSQL server of the cluster: identity only, no runtime state."""
 
-    name: str
-    host: str
-    port: int
     data_dir: Path
-
-    def address(self) -> str:
-        """Return ``host:port``, the form dbbalancer's configuration uses for a server."""
-        return f"{self.host}:{self.port}"
 
     @property
     def node_dir(self) -> Path:
@@ -88,15 +81,6 @@ class PgNode:
     def log_file(self) -> Path:
         """The server log that ``pg_ctl -l`` appends to."""
         return self.node_dir / "server.log"
-
-
-@dataclass(frozen=True)
-class ServerAccount:
-    """The unprivileged OS account that server programs run as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
 
 
 def find_pg_bindir() -> Path:
@@ -151,35 +135,10 @@ def server_account() -> ServerAccount | None:
     PostgreSQL's postmaster and initdb exit with "cannot be run as root" when the effective uid
     is 0, so as root we pick ``postgres`` or create the system user ``dbbalancer``.
     """
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", FALLBACK_SERVER_USER):
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(name)
-            return ServerAccount(name, entry.pw_uid, entry.pw_gid)
-    useradd = shutil.which("useradd")
-    if useradd is None:
-        raise PgClusterError(
-            "running as root, no `postgres` user and no `useradd` to create the system user "
-            f"`{FALLBACK_SERVER_USER}`: create an unprivileged user for the PostgreSQL servers"
-        )
-    result = subprocess.run(
-        [useradd, "--system", "--user-group", "--no-create-home", FALLBACK_SERVER_USER],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    try:
-        entry = pwd.getpwnam(FALLBACK_SERVER_USER)
-    except KeyError:
-        raise PgClusterError(
-            f"could not create system user {FALLBACK_SERVER_USER!r}: {result.stderr.strip()}"
-        ) from None
-    return ServerAccount(FALLBACK_SERVER_USER, entry.pw_uid, entry.pw_gid)
+    return system_account(("postgres",), PgClusterError)
 
 
-class PgCluster:
+class PgCluster(ServerCluster[PgNode]):
     """A primary plus ``replicas`` streaming hot standbys on loopback, started from local binaries.
 
     Nodes are named ``primary``, ``replica1``, ``replica2``, ...; replica options are keyed by the
@@ -192,6 +151,10 @@ class PgCluster:
     ``os._exit``) leaves its servers running, but :meth:`stop` only ever signals the postmaster
     PIDs recorded for this cluster, never processes found by name.
     """
+
+    _error = PgClusterError
+    _url_scheme = "postgresql"
+    _tempdir_prefix = "dbbalancer-pg-"
 
     def __init__(
         self,
@@ -221,66 +184,29 @@ class PgCluster:
             )
         if user == superuser:
             raise ValueError("user and superuser must differ")
-        self._replica_count = replicas
-        self._requested_base_dir = base_dir
-        self.user = user
-        self.password = password
-        self.database = database
-        self.superuser = superuser
-        self.superuser_password = superuser_password
+        super().__init__(
+            replicas,
+            base_dir=base_dir,
+            user=user,
+            password=password,
+            database=database,
+            superuser=superuser,
+            superuser_password=superuser_password,
+            keep=keep,
+        )
         self._node_delays = {f"replica{index + 1}": delay for index, delay in delays.items()}
         self._sync_index = synchronous_replica
         self._max_connections = max_connections
         self._extra_conf = dict(extra_conf or {})
-        self.keep = keep or os.environ.get(KEEP_ENV, "") not in ("", "0")
-
         self._bindir: Path | None = None
-        self._account: ServerAccount | None = None
-        self._base_dir: Path | None = None
-        self._owns_base_dir = False
-        self._nodes: dict[str, PgNode] = {}
-        self._primary_name: str | None = None
-        self._standby_names: list[str] = []
         self._pids: dict[str, int] = {}
-        self._atexit_registered = False
 
     # ----------------------------------------------------------------- bookkeeping
-
-    @property
-    def base_dir(self) -> Path:
-        """The directory holding every node directory (valid once :meth:`start` ran)."""
-        if self._base_dir is None:
-            raise PgClusterError("the cluster has not been started")
-        return self._base_dir
-
-    @property
-    def primary(self) -> PgNode:
-        """The node currently acting as primary (the promoted one after :meth:`promote`)."""
-        if self._primary_name is None:
-            raise PgClusterError("the cluster has not been started")
-        return self._nodes[self._primary_name]
-
-    @property
-    def replicas(self) -> list[PgNode]:
-        """The current standbys, running or stopped, in creation order."""
-        return [self._nodes[name] for name in self._standby_names]
-
-    @property
-    def nodes(self) -> list[PgNode]:
-        """Every node ever created, in creation order (a demoted old primary included)."""
-        return list(self._nodes.values())
-
-    def node(self, name: str) -> PgNode:
-        """Return the node called ``name`` (``primary``, ``replica1``, ...)."""
-        try:
-            return self._nodes[name]
-        except KeyError:
-            raise PgClusterError(f"no node named {name!r}") from None
 
     def postmaster_pid(self, node: PgNode) -> int | None:
         """The PID recorded when ``node`` last started, or ``None`` if it is not running."""
         pid = self._pids.get(node.name)
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             return None
         return pid
 
@@ -307,22 +233,6 @@ class PgCluster:
             dbname=self.database if database is None else database,
         )
 
-    def url(
-        self,
-        node: PgNode,
-        *,
-        user: str | None = None,
-        password: str | None = None,
-        database: str | None = None,
-    ) -> str:
-        """A ``postgresql://user:password@host:port/dbname`` URI (libpq "Connection URIs")."""
-        return (
-            f"postgresql://{quote(self.user if user is None else user, safe='')}"
-            f":{quote(self.password if password is None else password, safe='')}"
-            f"@{node.host}:{node.port}"
-            f"/{quote(self.database if database is None else database, safe='')}"
-        )
-
     def admin_dsn(self, node: PgNode) -> str:
         """A superuser connection string over TCP (SCRAM-SHA-256), to the ``postgres`` database."""
         return self.dsn(
@@ -330,17 +240,6 @@ class PgCluster:
         )
 
     # ----------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> PgCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> PgCluster:
         """Create and start the primary and every standby; return once all stream.
@@ -350,18 +249,11 @@ class PgCluster:
         start in hot-standby mode. Returns when ``pg_stat_replication`` shows every standby
         ``streaming`` and the login role can connect over TCP to every node.
         """
-        if self._primary_name is not None:
-            raise PgClusterError("the cluster is already started")
+        return super().start()
+
+    def _find_programs(self) -> None:
         self._bindir = find_pg_bindir()
         self._account = server_account()
-        self._prepare_base_dir()
-        self._register_atexit()
-        try:
-            self._start_cluster()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start_cluster(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -379,8 +271,8 @@ class PgCluster:
             replica = self._make_node(f"replica{index + 1}", ports[index + 1])
             self._base_backup(replica)
             self._write_node_conf(replica, apply_delay=self._node_delays.get(replica.name))
-            self._standby_names.append(replica.name)
-        for name in list(self._standby_names):
+            self._replica_names.append(replica.name)
+        for name in list(self._replica_names):
             self._start_with_port_retry(self._nodes[name])
 
         self.wait_streaming(timeout=max(1.0, deadline - time.monotonic()))
@@ -403,15 +295,8 @@ class PgCluster:
         for node in running:
             if self.is_running(node):
                 self._kill_postmaster(node, errors)
-        if self._atexit_registered:
-            atexit.unregister(self._atexit_stop)
-            self._atexit_registered = False
         self._pids.clear()
-        if self._base_dir is not None and not self.keep:
-            self._remove_files()
-        still = [node.name for node in running if self.is_running(node)]
-        if still:
-            raise PgClusterError(f"could not stop {still}: {'; '.join(errors)}")
+        self._finish_stop(running, errors)
 
     def stop_node(self, node: PgNode, mode: str = "immediate") -> None:
         """Stop one node with ``pg_ctl stop -m <mode>`` (smart, fast or immediate)."""
@@ -436,7 +321,7 @@ class PgCluster:
         if self.is_running(node):
             return
         self._start_server(node)
-        if node.name in self._standby_names and self.is_running(self.primary):
+        if node.name in self._replica_names and self.is_running(self.primary):
             self.wait_streaming()
 
     def promote(self, node: PgNode) -> None:
@@ -448,12 +333,12 @@ class PgCluster:
         reload, and follow its new timeline (``recovery_target_timeline = 'latest'``); that only
         works if they did not receive WAL the new primary lacks, so stop the old primary first.
         """
-        if node.name not in self._standby_names:
+        if node.name not in self._replica_names:
             raise PgClusterError(f"{node.name} is not a standby")
         if not self.is_running(node):
             raise PgClusterError(f"{node.name} is not running")
         self._pg_ctl(node, "promote", "-w", "-t", str(int(_START_TIMEOUT)))
-        self._standby_names.remove(node.name)
+        self._replica_names.remove(node.name)
         self._primary_name = node.name
         for standby in self.replicas:
             self.sql(
@@ -517,45 +402,10 @@ class PgCluster:
                 )
             time.sleep(0.1)
 
-    def log_tail(self, node: PgNode, lines: int = 50) -> str:
-        """The last ``lines`` lines of ``node``'s server log ("" if it does not exist)."""
-        try:
-            text = node.log_file.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def log_tails(self, lines: int = 50) -> str:
-        """Log tails of every node, each under a header naming the node."""
-        return self._log_tails(self.nodes, lines)
-
     # ----------------------------------------------------------------- internals: setup
 
-    def _prepare_base_dir(self) -> None:
-        if self._requested_base_dir is None:
-            self._base_dir = Path(tempfile.mkdtemp(prefix="dbbalancer-pg-"))
-            self._owns_base_dir = True
-        else:
-            base = self._requested_base_dir.resolve()
-            self._owns_base_dir = not base.exists()
-            base.mkdir(parents=True, exist_ok=True)
-            self._base_dir = base
-        if self._account is not None:
-            os.chown(self._base_dir, self._account.uid, self._account.gid)
-            blocked = _untraversable_parent(self._base_dir, self._account)
-            if blocked is not None:
-                raise PgClusterError(
-                    f"the server user {self._account.name!r} cannot traverse {blocked}: "
-                    f"pick a base_dir whose parents are world-searchable (e.g. under /tmp)"
-                )
-
     def _make_node(self, name: str, port: int) -> PgNode:
-        node_dir = self.base_dir / name
-        if node_dir.exists():
-            raise PgClusterError(f"{node_dir} already exists; use an empty base_dir")
-        node_dir.mkdir(mode=0o700)
-        if self._account is not None:
-            os.chown(node_dir, self._account.uid, self._account.gid)
+        node_dir = self._make_node_dir(name)
         node = PgNode(name=name, host=LOOPBACK, port=port, data_dir=node_dir / "data")
         self._nodes[name] = node
         return node
@@ -638,8 +488,7 @@ class PgCluster:
         text = "".join(f"{key} = {_conf_quote(value)}\n" for key, value in settings.items())
         path = node.data_dir / "node.conf"
         path.write_text(text, encoding="utf-8")
-        if self._account is not None:
-            os.chown(path, self._account.uid, self._account.gid)
+        self._chown(path)
 
     def _bootstrap_roles(self, primary: PgNode) -> None:
         # initdb made the superuser without a password; set it over the trusted local socket.
@@ -776,9 +625,7 @@ class PgCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["PGCONNECT_TIMEOUT"] = "5"
         env["LC_ALL"] = "C"
-        if self._account is not None:
-            env["HOME"] = str(self.base_dir)
-            env["USER"] = env["LOGNAME"] = self._account.name
+        self._env_as_account(env)
         env.update(extra or {})
         return env
 
@@ -793,7 +640,6 @@ class PgCluster:
         check: bool = True,
         timeout: float = _START_TIMEOUT,
     ) -> subprocess.CompletedProcess[str]:
-        account = self._account
         try:
             result = subprocess.run(
                 list(args),
@@ -806,9 +652,7 @@ class PgCluster:
                 env=self._server_env(env),
                 timeout=timeout,
                 check=False,
-                user=None if account is None else account.uid,
-                group=None if account is None else account.gid,
-                extra_groups=None if account is None else [],
+                **run_as(self._account),
             )
         except subprocess.TimeoutExpired as exc:
             raise PgClusterError(
@@ -841,19 +685,12 @@ class PgCluster:
         self._pids[node.name] = pid
 
     def _start_with_port_retry(self, node: PgNode) -> PgNode:
-        # free_ports() closes its sockets before postgres binds, so another process can grab
-        # the port meanwhile; pick a new one rather than fail the whole run.
-        for attempt in range(_PORT_RETRIES):
-            try:
-                self._start_server(node)
-                return node
-            except PgClusterError:
-                if attempt + 1 == _PORT_RETRIES or "already in use" not in self.log_tail(node):
-                    raise
+        def move(node: PgNode) -> PgNode:
             node = PgNode(node.name, node.host, free_ports(1)[0], node.data_dir)
-            self._nodes[node.name] = node
             self._write_node_conf(node, apply_delay=self._node_delays.get(node.name))
-        raise AssertionError("unreachable")
+            return node
+
+        return self._retry_port_clash(node, self._start_server, move)
 
     def _stop_nodes(self, nodes: Sequence[PgNode], mode: str, errors: list[str]) -> None:
         # Run the pg_ctl processes side by side: each waits for its own shutdown checkpoint.
@@ -875,7 +712,6 @@ class PgCluster:
                 errors.append(f"{node.name} ({mode}): {output.strip()}")
 
     def _popen_pg_ctl_stop(self, node: PgNode, mode: str) -> subprocess.Popen[str]:
-        account = self._account
         return subprocess.Popen(
             [
                 self._bin("pg_ctl"),
@@ -894,9 +730,7 @@ class PgCluster:
             text=True,
             cwd=node.node_dir if node.node_dir.exists() else None,
             env=self._server_env(),
-            user=None if account is None else account.uid,
-            group=None if account is None else account.gid,
-            extra_groups=None if account is None else [],
+            **run_as(self._account),
         )
 
     def _kill_postmaster(self, node: PgNode, errors: list[str]) -> None:
@@ -906,27 +740,10 @@ class PgCluster:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             errors.append(f"{node.name}: postmaster {pid} survived SIGKILL")
-
-    def _atexit_stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
-
-    def _register_atexit(self) -> None:
-        if not self._atexit_registered:
-            atexit.register(self._atexit_stop)
-            self._atexit_registered = True
-
-    def _remove_files(self) -> None:
-        assert self._base_dir is not None
-        if self._owns_base_dir:
-            shutil.rmtree(self._base_dir, ignore_errors=True)
-        else:
-            for node in self.nodes:
-                shutil.rmtree(node.node_dir, ignore_errors=True)
 
     # ----------------------------------------------------------------- internals: clients
 
@@ -1002,13 +819,6 @@ class PgCluster:
             )
         return result.stdout
 
-    def _log_tails(self, nodes: Iterable[PgNode], lines: int = 50) -> str:
-        parts = []
-        for node in nodes:
-            parts.append(f"----- {node.name} ({node.address()}) {node.log_file} -----")
-            parts.append(self.log_tail(node, lines) or "(no log)")
-        return "\n".join(parts)
-
 
 # --------------------------------------------------------------------- pure helpers
 
@@ -1078,24 +888,9 @@ def _read_postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie waiting for a reaper."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    return fields[0] != "Z"
-
-
 def _is_our_postmaster(pid: int, data_dir: Path) -> bool:
     """Guard against PID reuse: the process must be a postgres running on ``data_dir``."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -1103,19 +898,3 @@ def _is_our_postmaster(pid: int, data_dir: Path) -> bool:
         # Without /proc we cannot check; the PID came from our own postmaster.pid.
         return True
     return os.fsencode(str(data_dir)) in cmdline
-
-
-def _untraversable_parent(path: Path, account: ServerAccount) -> Path | None:
-    """The first ancestor of ``path`` that ``account`` may not search, if any."""
-    groups = {account.gid} | {g.gr_gid for g in grp.getgrall() if account.name in g.gr_mem}
-    for parent in path.parents:
-        info = parent.stat()
-        if info.st_uid == account.uid:
-            bit = stat.S_IXUSR
-        elif info.st_gid in groups:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not info.st_mode & bit:
-            return parent
-    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbbalancer.core.routing import RouteReason, Target, decide
-from dbbalancer.core.statement import PinReason, UnpinEvent
+from dbbalancer.core.statement import PinReason
 from dbbalancer.postgres.classify import classify
 from dbbalancer.postgres.params import parse_options, set_statements, sync_statement
 from dbbalancer.postgres.sessionstate import SessionState, read_back_query
@@ -105,16 +105,6 @@ def test_unpins_count_only_after_a_clean_unit() -> None:
     state.settle(doubt=False)
     assert not state.pins
     assert state.pinned_since_release  # so the connection is reset before it is pooled
-
-
-def test_discard_sequences_ends_a_sequence_pin() -> None:
-    state = SessionState({})
-    state.pin(PinReason.SEQUENCE_STATE)
-    c = classify("DISCARD SEQUENCES")
-    assert UnpinEvent.DISCARD_SEQUENCES in c.unpins
-    state.record(c)
-    state.settle(doubt=False)
-    assert not state.pins
 
 
 @pytest.mark.parametrize(

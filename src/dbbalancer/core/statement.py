@@ -113,7 +113,6 @@ class PinReason(enum.Enum):
     SESSION_AUTHORIZATION = "session_authorization"
     SQL_PREPARE = "sql_prepare"
     UNTRACKED_SETTING = "untracked_setting"
-    SEQUENCE_STATE = "sequence_state"  # currval()/lastval() read the connection's last nextval()
     TABLE_LOCK = "table_lock"  # explicit table or instance locks held by the session
     DISTRIBUTED_TRANSACTION = "distributed_transaction"  # an open X/Open XA branch
     OPEN_CURSOR = "open_cursor"  # a table cursor opened outside any transaction

@@ -3,8 +3,8 @@
 A client under transaction pooling runs each unit of work on whatever server connection is free,
 so the settings it changed must follow it (they are replayed on every connection it takes, see
 `params.py`), and state that cannot follow it (temp tables, WITH HOLD cursors, LISTEN, session
-advisory locks, SQL PREPARE, LOAD, SET SESSION AUTHORIZATION, sequence positions that currval()
-reads) pins it to one connection until that state is gone.
+advisory locks, SQL PREPARE, LOAD, SET SESSION AUTHORIZATION) pins it to one connection until
+that state is gone. Sequence state (currval/lastval) is tracked apart, in `sequences.py`.
 
 The rule that keeps this exact: nothing is believed before the server has confirmed it. A
 statement's effects are recorded as pending when it is sent, and settled when the unit of work
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 UNPINS: dict[UnpinEvent, frozenset[PinReason]] = {
     UnpinEvent.DISCARD_ALL: frozenset(PinReason),
     UnpinEvent.DISCARD_TEMP: frozenset((PinReason.TEMP_TABLE,)),
-    UnpinEvent.DISCARD_SEQUENCES: frozenset((PinReason.SEQUENCE_STATE,)),
     UnpinEvent.UNLISTEN_ALL: frozenset((PinReason.LISTEN,)),
     UnpinEvent.ADVISORY_UNLOCK_ALL: frozenset((PinReason.ADVISORY_LOCK,)),
     UnpinEvent.CLOSE_ALL_CURSORS: frozenset((PinReason.WITH_HOLD_CURSOR,)),

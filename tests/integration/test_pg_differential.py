@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
+import sys
 import threading
 import time
 import tomllib
@@ -168,29 +171,61 @@ def error_outcome(
 
 
 @contextlib.contextmanager
-def hang_guard(cancel: Callable[[], None]) -> Iterator[threading.Event]:
+def hang_guard(
+    cancel: Callable[[], None],
+    describe: Callable[[], str] | None = None,
+    abort: Callable[[], None] | None = None,
+) -> Iterator[threading.Event]:
     """Cancel a statement that runs longer than STATEMENT_GUARD_SECONDS (never a timing check:
-    every script statement returns in milliseconds unless something hangs)."""
+    every script statement returns in milliseconds unless something hangs). Before cancelling,
+    `describe` reports what the balancer is doing (printed, so a stuck run explains itself);
+    if the cancel does not end the statement either, `abort` cuts the client's socket."""
     fired = threading.Event()
 
     def fire() -> None:
         fired.set()
+        if describe is not None:
+            with contextlib.suppress(Exception):
+                print(f"hang guard fired; the balancer:\n{describe()}", file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             cancel()
+
+    def last_resort() -> None:
+        if abort is not None:
+            with contextlib.suppress(Exception):
+                abort()
 
     timer = threading.Timer(STATEMENT_GUARD_SECONDS, fire)
     timer.daemon = True
     timer.start()
+    backstop = threading.Timer(2 * STATEMENT_GUARD_SECONDS, last_resort)
+    backstop.daemon = True
+    backstop.start()
     try:
         yield fired
     finally:
         timer.cancel()
+        backstop.cancel()
+
+
+def _cut_socket(conn: psycopg.Connection[Any]) -> None:
+    """Shut a stuck connection's socket down, so the call blocked on it returns an error."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
 
 
 # ----------------------------------------------------------------- drivers
 
 
-def run_psycopg(conninfo: str, statements: Sequence[str], client: str) -> list[Outcome]:
+def run_psycopg(
+    conninfo: str,
+    statements: Sequence[str],
+    client: str,
+    describe: Callable[[], str] | None = None,
+) -> list[Outcome]:
     threshold = 0 if client == "prepared" else None
     outcomes: list[Outcome] = []
     notices: list[str] = []
@@ -206,7 +241,7 @@ def run_psycopg(conninfo: str, statements: Sequence[str], client: str) -> list[O
                 continue
             notices.clear()
             notifies.clear()
-            with hang_guard(conn.cancel_safe) as fired:
+            with hang_guard(conn.cancel_safe, describe, lambda: _cut_socket(conn)) as fired:
                 try:
                     cur = conn.execute(statement)
                     results: list[Result] = []
@@ -718,7 +753,7 @@ def run_pair(
         )
     objects.reset()
     target.before_run()
-    proxied = run_psycopg(target.conninfo(), statements, client)
+    proxied = run_psycopg(target.conninfo(), statements, client, target.balancer.describe)
     note = target.after_run(proxied)
     compare(label, statements, direct, proxied, note)
 

@@ -1280,6 +1280,30 @@ class Engine:
         """Between units of work."""
         return self.server is None and not self.acquiring and not self.backlog
 
+    def describe(self) -> str:
+        """One line of this session's pooling state, for diagnostics (a stuck client)."""
+        unit = self.unit
+        server = self.server
+        parts = [
+            f"server={server.server.name if server else None}",
+            f"tx={server.tx_status.decode() if server else '-'}",
+            f"in-flight=[{server.tracker.describe() if server else ''}]",
+            f"acquiring={self.acquiring}",
+            "backlog=" + "".join(f.type.decode() for f in self.backlog),
+            f"skip_to_sync={self._skip_to_sync} drop_to_sync={self._drop_to_sync}",
+            f"pins={sorted(p.value for p in self.state.pins)}",
+            f"to_client={len(self._to_client)} holding={self._holding()}",
+            f"position={self._position_rows is not None}",
+            f"settings={self._settings_rows is not None}",
+        ]
+        if unit is not None:
+            parts.append(
+                f"unit=({unit.decision.target.value}/{unit.decision.reason.value} "
+                f"sealed={unit.sealed} retry={unit.retry_frames is not None} "
+                f"rows_sent={unit.rows_sent} pool={unit.pool is not None})"
+            )
+        return " ".join(parts)
+
     def attached(self) -> ServerConnection | None:
         """The connection running this client's work now (cancel requests go there)."""
         return self.server

@@ -93,6 +93,13 @@ class ResponseTracker:
         server's output may then be forwarded as it comes (see `finish_plain`)."""
         return self._special == 0 and bool(self._tokens)
 
+    def describe(self) -> str:
+        """The requests in flight, oldest first (diagnostics: `Engine.describe`)."""
+        return " ".join(
+            ("" if t.visible else "~") + (t.request.value if t.request else "synthetic")
+            for t in self._tokens
+        )
+
     def awaiting_ready(self) -> bool:
         """True if the client is owed a ReadyForQuery (it sent a Sync or a simple Query)."""
         return any(t.visible and t.request in (Request.SYNC, Request.QUERY) for t in self._tokens)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -69,6 +71,35 @@ class BalancerThread(StartStopContext):
         if not done.wait(timeout):
             raise TimeoutError("the balancer's loop did not answer")
         return box[0]
+
+    def describe(self) -> str:
+        """What every client session and pool is doing, and where the loop thread stands: the
+        report a test prints when a client is stuck."""
+        lines: list[str] = []
+
+        def snapshot() -> list[str]:
+            out: list[str] = []
+            service = self.app.pg
+            if service is None:
+                return out
+            for session in list(service.sessions):
+                engine = session.engine
+                out.append(f"{session!r}: " + (engine.describe() if engine else "no engine"))
+            for cluster in service.clusters():
+                for pool in cluster.runtime.pools():
+                    out.append(f"pool {pool.stats()}")
+            return out
+
+        try:
+            lines.extend(self.call(snapshot, timeout=5.0))
+        except TimeoutError:
+            lines.append("the balancer's loop did not answer within 5 s (busy or blocked)")
+        thread = self._thread
+        frame = sys._current_frames().get(thread.ident) if thread and thread.ident else None
+        if frame is not None:
+            lines.append("balancer thread:")
+            lines.extend(line.rstrip() for line in traceback.format_stack(frame)[-12:])
+        return "\n".join(lines)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop; idempotent."""

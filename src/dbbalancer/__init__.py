@@ -13,6 +13,10 @@ COMPILED_MODULES = (
     "dbbalancer.postgres.responses",
     "dbbalancer.postgres.framed",
     "dbbalancer.postgres.engine",
+    "dbbalancer.postgres.rewrite",
+    "dbbalancer.postgres.checkout",
+    "dbbalancer.postgres.settle",
+    "dbbalancer.postgres.sequencing",
     "dbbalancer.postgres.backend",
     "dbbalancer.postgres.frontend",
     "dbbalancer.postgres.params",
@@ -30,6 +34,7 @@ COMPILED_MODULES = (
     "dbbalancer.core.classification",
     "dbbalancer.core.errors",
     "dbbalancer.core.position",
+    "dbbalancer.core.unitofwork",
 )
 
 

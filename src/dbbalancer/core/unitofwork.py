@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Final
 
 __all__ = [
     "CONNECTION_STATES",
@@ -372,13 +373,24 @@ def work_done(
     inside a transaction; hidden requests come before the connection is kept or released.
     """
     if in_transaction:
-        return _E.DONE_TX_LEFT_OPEN if statement_mode else _E.DONE_IN_TX
+        return _DONE_TX_LEFT_OPEN if statement_mode else _DONE_IN_TX
     if read_back:
-        return _E.DONE_READ_BACK
+        return _DONE_READ_BACK
     if ask_position:
-        return _E.DONE_ASK_POSITION
+        return _DONE_ASK_POSITION
     if pinned:
-        return _E.DONE_PINNED
+        return _DONE_PINNED
     if home:
-        return _E.DONE_HOME
-    return _E.DONE_RESET if reset else _E.DONE_RELEASE
+        return _DONE_HOME
+    return _DONE_RESET if reset else _DONE_RELEASE
+
+
+# Module constants: compiled, a constant is read without an enum attribute lookup.
+_DONE_TX_LEFT_OPEN: Final = UnitEvent.DONE_TX_LEFT_OPEN
+_DONE_IN_TX: Final = UnitEvent.DONE_IN_TX
+_DONE_READ_BACK: Final = UnitEvent.DONE_READ_BACK
+_DONE_ASK_POSITION: Final = UnitEvent.DONE_ASK_POSITION
+_DONE_PINNED: Final = UnitEvent.DONE_PINNED
+_DONE_HOME: Final = UnitEvent.DONE_HOME
+_DONE_RESET: Final = UnitEvent.DONE_RESET
+_DONE_RELEASE: Final = UnitEvent.DONE_RELEASE

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from dbbalancer.config import PoolMode
 from dbbalancer.core.cluster import NoServerAvailable
@@ -36,7 +36,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_E = UnitEvent
+# Enum members as module constants: compiled, a constant is read without an attribute lookup.
+_E_CONNECTED: Final = UnitEvent.CONNECTED
+_E_CONNECTED_READ: Final = UnitEvent.CONNECTED_READ
+_E_HOME_LOST: Final = UnitEvent.HOME_LOST
+_E_MUST_WAIT: Final = UnitEvent.MUST_WAIT
+_E_NO_SERVER: Final = UnitEvent.NO_SERVER
+_E_REFUSED: Final = UnitEvent.REFUSED
+_F_DETACH_HOME: Final = Effect.DETACH_HOME
+_F_RESET_AND_RELEASE: Final = Effect.RESET_AND_RELEASE
 
 
 @dataclass(slots=True)
@@ -72,7 +80,7 @@ class Checkout:
         engine = self.engine
         c = engine.rewriter.classify_unit(engine.backlog)
         if c is not None and engine.mode is PoolMode.STATEMENT and begins_transaction(c):
-            engine.fire(_E.REFUSED)
+            engine.fire(_E_REFUSED)
             return
         if c is None:
             decision = Decision(Target.PRIMARY, RouteReason.WRITE)
@@ -109,7 +117,7 @@ class Checkout:
         if unit.decision.target is Target.PRIMARY and home is not None:
             if home.broken:
                 # It died while the session was between statements (nobody was attached to hear).
-                engine.fire(_E.HOME_LOST)
+                engine.fire(_E_HOME_LOST)
                 return
             self._offer(unit, home, None)
             return
@@ -129,14 +137,14 @@ class Checkout:
             self._offer(unit, server, pool)
             return
         self.order = fast
-        engine.fire(_E.MUST_WAIT)
+        engine.fire(_E_MUST_WAIT)
 
     def _offer(
         self, unit: Unit, server: ServerConnection, pool: Pool[ServerConnection] | None
     ) -> None:
         unit.server = server
         unit.pool = pool
-        self.engine.fire(_E.CONNECTED if unit.retry_frames is None else _E.CONNECTED_READ)
+        self.engine.fire(_E_CONNECTED if unit.retry_frames is None else _E_CONNECTED_READ)
 
     def wait_for_connection(self) -> None:
         unit = self.engine.unit
@@ -161,7 +169,7 @@ class Checkout:
         except (PoolTimeout, NoServerAvailable, ServerUnavailable, PoolClosed, ServerError) as exc:
             sqlstate = exc.sqlstate if isinstance(exc, ServerError) else _sqlstate_for(exc)
             self.failure = (sqlstate, str(exc))
-            engine.fire(_E.NO_SERVER)
+            engine.fire(_E_NO_SERVER)
             return
         except Exception:
             log.exception("%r: acquiring a server failed", engine.session)
@@ -169,7 +177,7 @@ class Checkout:
                 sqlstate_of(ErrorCode.INTERNAL_ERROR),
                 "internal error in dbbalancer while choosing a server",
             )
-            engine.fire(_E.NO_SERVER)
+            engine.fire(_E_NO_SERVER)
             return
         if not engine.closed:
             log.debug(
@@ -357,13 +365,13 @@ class Checkout:
         engine.unit = None
         engine.server = None
         server.detach()
-        if how is Effect.DETACH_HOME or unit is None or unit.pool is None:
+        if how is _F_DETACH_HOME or unit is None or unit.pool is None:
             return
         if unit.started:
             engine.cluster.runtime.latency.observe(
                 server.server.name, time.monotonic() - unit.started
             )
-        if how is Effect.RESET_AND_RELEASE:
+        if how is _F_RESET_AND_RELEASE:
             # Its pins ended, but it held session state: reset it before anyone else gets it.
             engine.state.pinned_since_release = False
             engine.session.give_back(server, unit.pool, clean=True)

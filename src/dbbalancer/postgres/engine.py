@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from dbbalancer.config import PoolMode, ReadOnlyTransactions, Route, SessionStatePolicy
 from dbbalancer.core.errors import PROBE_AT_ONCE, RETRY_ON_PRIMARY
@@ -59,14 +59,60 @@ _BACKLOG_PAUSE = 256
 # COPY, an empty query, a suspended portal. A RowDescription (sent before a SELECT executes),
 # ParseComplete or BindComplete is held back with the rest and may still be withdrawn.
 _COMMITS = frozenset((b"D", b"C", b"G", b"H", b"W", b"I", b"s"))
-_S = UnitState
-_E = UnitEvent
-_F = Effect
+# Enum members as module constants: compiled, a constant is read without an attribute lookup.
+_E_CLOSE: Final = UnitEvent.CLOSE
+_E_FLUSH: Final = UnitEvent.FLUSH
+_E_FRAME: Final = UnitEvent.FRAME
+_E_HOME_LOST: Final = UnitEvent.HOME_LOST
+_E_LOST: Final = UnitEvent.LOST
+_E_LOST_MID_PIPELINE: Final = UnitEvent.LOST_MID_PIPELINE
+_E_OTHER: Final = UnitEvent.OTHER
+_E_QUERY: Final = UnitEvent.QUERY
+_E_READ_ONLY_REFUSAL: Final = UnitEvent.READ_ONLY_REFUSAL
+_E_ROWS_SENT: Final = UnitEvent.ROWS_SENT
+_E_SYNC: Final = UnitEvent.SYNC
+_E_TERMINATE: Final = UnitEvent.TERMINATE
+_F_ANSWER_READY: Final = Effect.ANSWER_READY
+_F_ASK_POSITION: Final = Effect.ASK_POSITION
+_F_ATTACH: Final = Effect.ATTACH
+_F_AWAIT_CONNECTION: Final = Effect.AWAIT_CONNECTION
+_F_DETACH_HOME: Final = Effect.DETACH_HOME
+_F_DRAIN: Final = Effect.DRAIN
+_F_FAIL_LOST: Final = Effect.FAIL_LOST
+_F_FAIL_UNIT: Final = Effect.FAIL_UNIT
+_F_FATAL_LOST: Final = Effect.FATAL_LOST
+_F_FLUSH: Final = Effect.FLUSH
+_F_GIVE_BACK: Final = Effect.GIVE_BACK
+_F_KEEP: Final = Effect.KEEP
+_F_LEARN: Final = Effect.LEARN
+_F_RECORD: Final = Effect.RECORD
+_F_REFUSE_UNIT: Final = Effect.REFUSE_UNIT
+_F_RELEASE: Final = Effect.RELEASE
+_F_RELEASE_UNUSED: Final = Effect.RELEASE_UNUSED
+_F_RERUN_ELSEWHERE: Final = Effect.RERUN_ELSEWHERE
+_F_RERUN_ON_PRIMARY: Final = Effect.RERUN_ON_PRIMARY
+_F_RESET_AND_RELEASE: Final = Effect.RESET_AND_RELEASE
+_F_RESUME_READING: Final = Effect.RESUME_READING
+_F_ROLLBACK_AND_CLOSE: Final = Effect.ROLLBACK_AND_CLOSE
+_F_ROUTE: Final = Effect.ROUTE
+_F_SEND: Final = Effect.SEND
+_F_SEND_BACKLOG: Final = Effect.SEND_BACKLOG
+_F_SETTLE: Final = Effect.SETTLE
+_F_TERMINATE: Final = Effect.TERMINATE
+_F_WAIT: Final = Effect.WAIT
+_F_WAIT_OR_ANSWER: Final = Effect.WAIT_OR_ANSWER
+_S_ACQUIRING: Final = UnitState.ACQUIRING
+_S_CLOSED: Final = UnitState.CLOSED
+_S_HOLDING: Final = UnitState.HOLDING
+_S_IDLE: Final = UnitState.IDLE
+_S_READING: Final = UnitState.READING
+_S_SETTLING: Final = UnitState.SETTLING
+_S_SKIPPING: Final = UnitState.SKIPPING
 # The client event of each message type that is not a Parse/Bind/Describe/Execute/Close.
-_CLIENT_EVENTS = {b"Q": _E.QUERY, b"S": _E.SYNC, b"H": _E.FLUSH, b"X": _E.TERMINATE}
+_CLIENT_EVENTS = {b"Q": _E_QUERY, b"S": _E_SYNC, b"H": _E_FLUSH, b"X": _E_TERMINATE}
 for _kind in (b"P", b"B", b"D", b"E", b"C"):
-    _CLIENT_EVENTS[_kind] = _E.FRAME
-_RERUNNABLE = frozenset((_S.READING, _S.HOLDING))
+    _CLIENT_EVENTS[_kind] = _E_FRAME
+_RERUNNABLE = frozenset((_S_READING, _S_HOLDING))
 
 
 class Engine:
@@ -117,7 +163,7 @@ class Engine:
     @property
     def closed(self) -> bool:
         """The client is gone (`close` ran)."""
-        return self.uow is UnitState.CLOSED
+        return self.uow is _S_CLOSED
 
     # -- the machine ----------------------------------------------------------------------------
 
@@ -126,86 +172,87 @@ class Engine:
         table names, then carry out its effects in order."""
         effects, self.uow = RULES[self.uow][event]
         for effect in effects:
-            if effect is _F.SEND:
+            # The effects of every client message first, without a further call.
+            if effect is _F_SEND:
                 server = self.server
                 assert server is not None
                 assert frame is not None
                 self.rewriter.send(server, frame)
+            elif effect is _F_WAIT_OR_ANSWER:
+                assert frame is not None
+                if self.backlog or not self.rewriter.answer_locally(frame):
+                    self.backlog.append(frame)
             else:
                 self._do(effect, event, frame)
 
     def _do(self, effect: Effect, event: UnitEvent, frame: Frame | None) -> None:
         """Carry out one effect other than SEND (see `core.unitofwork.Effect`)."""
-        if effect is _F.RECORD:
+        if effect is _F_RECORD:
             unit = self.unit
             if unit is not None and unit.retry_frames is not None and frame is not None:
                 unit.retry_frames.append(frame)
-        elif effect is _F.WAIT_OR_ANSWER:
-            assert frame is not None
-            if self.backlog or not self.rewriter.answer_locally(frame):
-                self.backlog.append(frame)
-        elif effect is _F.WAIT:
+        elif effect is _F_WAIT:
             assert frame is not None
             self.backlog.append(frame)
             if len(self.backlog) > _BACKLOG_PAUSE:
                 self.session.pause_reading()
-        elif effect is _F.ROUTE:
+        elif effect is _F_ROUTE:
             if self.backlog:
                 self.checkout.start_unit()
-        elif effect is _F.ATTACH:
+        elif effect is _F_ATTACH:
             self.checkout.attach()
-        elif effect is _F.SEND_BACKLOG:
+        elif effect is _F_SEND_BACKLOG:
             self._send_backlog()
-        elif effect is _F.LEARN:
+        elif effect is _F_LEARN:
             server = self.server
             assert server is not None
             self.settler.learn(server)
-        elif effect is _F.SETTLE:
+        elif effect is _F_SETTLE:
             server = self.server
             assert server is not None
             self.settler.settle(server, self.unit)
-        elif effect is _F.RELEASE or effect is _F.RESET_AND_RELEASE or effect is _F.DETACH_HOME:
+        elif effect is _F_RELEASE or effect is _F_RESET_AND_RELEASE or effect is _F_DETACH_HOME:
             self.checkout.release(effect)
-        elif effect is _F.RESUME_READING:
+        elif effect is _F_RESUME_READING:
             self.session.resume_reading()
-        elif effect is _F.DRAIN:
+        elif effect is _F_DRAIN:
             self.drain_backlog()
-        elif effect is _F.KEEP:
+        elif effect is _F_KEEP:
             pass  # the unit goes on at the next message, on the same connection
         else:
             self._do_rare(effect, event, frame)
 
     def _do_rare(self, effect: Effect, event: UnitEvent, frame: Frame | None) -> None:
         """The effects off the hot path."""
-        if effect is _F.FLUSH:
+        if effect is _F_FLUSH:
             self.flush()
-        elif effect is _F.TERMINATE:
+        elif effect is _F_TERMINATE:
             self.session.terminate()
-        elif effect is _F.ANSWER_READY:
+        elif effect is _F_ANSWER_READY:
             self.to_client.append(READY_IDLE)
-        elif effect is _F.REFUSE_UNIT:
+        elif effect is _F_REFUSE_UNIT:
             self.checkout.refuse_unit()
-        elif effect is _F.AWAIT_CONNECTION:
+        elif effect is _F_AWAIT_CONNECTION:
             self.checkout.wait_for_connection()
-        elif effect is _F.FAIL_UNIT:
+        elif effect is _F_FAIL_UNIT:
             self.checkout.fail_unit()
-        elif effect is _F.RELEASE_UNUSED:
+        elif effect is _F_RELEASE_UNUSED:
             self.checkout.release_unused()
-        elif effect is _F.FATAL_LOST:
+        elif effect is _F_FATAL_LOST:
             self.checkout.fatal_lost()
-        elif effect is _F.RERUN_ON_PRIMARY:
+        elif effect is _F_RERUN_ON_PRIMARY:
             self.checkout.rerun_on_primary()
-        elif effect is _F.RERUN_ELSEWHERE:
+        elif effect is _F_RERUN_ELSEWHERE:
             self.checkout.rerun_elsewhere()
-        elif effect is _F.FAIL_LOST:
-            self.checkout.fail_lost(mid_pipeline=event is _E.LOST_MID_PIPELINE)
-        elif effect is _F.ROLLBACK_AND_CLOSE:
+        elif effect is _F_FAIL_LOST:
+            self.checkout.fail_lost(mid_pipeline=event is _E_LOST_MID_PIPELINE)
+        elif effect is _F_ROLLBACK_AND_CLOSE:
             self.checkout.rollback_and_close()
-        elif effect is _F.ASK_POSITION:
+        elif effect is _F_ASK_POSITION:
             server = self.server
             assert server is not None
             self.settler.ask_position(server, self.unit)
-        elif effect is _F.GIVE_BACK:
+        elif effect is _F_GIVE_BACK:
             self.checkout.give_back()
         else:
             log.warning("%r: %s cannot happen in %s; ignored", self.session, event, self.uow)
@@ -218,17 +265,21 @@ class Engine:
             if kind != b"S":
                 return
             self.rewriter.dropping = False
-        self.fire(_CLIENT_EVENTS.get(kind, _E.OTHER), frame)
+        self.fire(_CLIENT_EVENTS.get(kind, _E_OTHER), frame)
 
     # -- client side ----------------------------------------------------------------------------
 
     def client_frames(self, frames: list[Frame]) -> None:
         """Handle frames from the client, in order."""
         self.last_activity = time.monotonic()
+        rewriter = self.rewriter
         for frame in frames:
-            if self.uow is _S.CLOSED:
+            if self.uow is _S_CLOSED:
                 return
-            self.client_event(frame)
+            if rewriter.dropping:
+                self.client_event(frame)
+            else:
+                self.fire(_CLIENT_EVENTS.get(frame.type, _E_OTHER), frame)
         self.flush()
 
     def _send_backlog(self) -> None:
@@ -237,17 +288,17 @@ class Engine:
         backlog, self.backlog = self.backlog, []
         for i, frame in enumerate(backlog):
             state = self.uow
-            if state not in SENDS_FRAMES and state is not _S.SKIPPING:
+            if state not in SENDS_FRAMES and state is not _S_SKIPPING:
                 self.backlog = backlog[i:] + self.backlog
                 break
             self.client_event(frame)
         self.flush()
-        if self.uow is _S.IDLE and self.backlog:
+        if self.uow is _S_IDLE and self.backlog:
             self.drain_backlog()
 
     def drain_backlog(self) -> None:
         """Start the next unit if frames are waiting."""
-        while self.backlog and self.uow is _S.IDLE:
+        while self.backlog and self.uow is _S_IDLE:
             frame = self.backlog[0]
             if self.rewriter.answer_locally(frame):
                 self.backlog.pop(0)
@@ -274,7 +325,7 @@ class Engine:
             return False
         status = found[0]
         if self.uow in _RERUNNABLE:
-            self.fire(_E.ROWS_SENT)  # the request cycle completed without an error
+            self.fire(_E_ROWS_SENT)  # the request cycle completed without an error
         self.last_activity = time.monotonic()
         self.to_client.append(data)
         server.tracker.finish_plain(status)
@@ -303,11 +354,11 @@ class Engine:
                     if error_class in PROBE_AT_ONCE:
                         self.cluster.runtime.poke(server.server)
                     if error_class in RETRY_ON_PRIMARY and self.uow in _RERUNNABLE:
-                        self.fire(_E.READ_ONLY_REFUSAL)
+                        self.fire(_E_READ_ONLY_REFUSAL)
                         self.flush()
                         return
                 elif kind in _COMMITS and self.uow in _RERUNNABLE:
-                    self.fire(_E.ROWS_SENT)
+                    self.fire(_E_ROWS_SENT)
             if kind == b"S":
                 msg = codec.decode_backend(frame)
                 if isinstance(msg, codec.ParameterStatus):
@@ -352,7 +403,7 @@ class Engine:
             reset=state.pinned_since_release,
         )
         self.fire(event)
-        if self.uow is _S.SETTLING and server.tracker.idle and self._is_attached(server):
+        if self.uow is _S_SETTLING and server.tracker.idle and self._is_attached(server):
             self._work_done(server, status)  # settling found nothing to send after all
 
     def _is_attached(self, server: ServerConnection) -> bool:
@@ -365,11 +416,11 @@ class Engine:
         """The attached server connection broke (the server died, or killed the backend)."""
         self.cluster.runtime.report_failure(server.server)
         if server is self.home:
-            self.fire(_E.HOME_LOST)
+            self.fire(_E_HOME_LOST)
             return
         if server is not self.server:
             return
-        self.fire(_E.LOST if server.tracker.awaiting_ready() else _E.LOST_MID_PIPELINE)
+        self.fire(_E_LOST if server.tracker.awaiting_ready() else _E_LOST_MID_PIPELINE)
 
     def pause_server_output(self) -> None:
         """The server cannot take more: stop reading from the client."""
@@ -403,7 +454,7 @@ class Engine:
 
     def is_idle(self) -> bool:
         """Between units of work."""
-        return self.server is None and self.uow is not _S.ACQUIRING and not self.backlog
+        return self.server is None and self.uow is not _S_ACQUIRING and not self.backlog
 
     def describe(self) -> str:
         """One line of this session's pooling state, for diagnostics (a stuck client)."""
@@ -434,4 +485,4 @@ class Engine:
 
     def close(self) -> None:
         """The client is gone: give back or drop every server connection."""
-        self.fire(_E.CLOSE)
+        self.fire(_E_CLOSE)

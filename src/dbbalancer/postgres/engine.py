@@ -1012,6 +1012,16 @@ class Engine:
         """Everything sent was answered: at transaction end, settle state and release."""
         unit = self.unit
         state = self.state
+        # Answers to hidden requests that just came in.
+        if self._settings_rows is not None:
+            self._learn_settings(self._settings_rows)
+            self._settings_rows = None
+            self.encoding = python_codec(state.settings)
+            server.applied = dict(state.settings)
+        asked_position = self._position_rows is not None
+        if self._position_rows is not None:
+            self._learn_position(self._position_rows)
+            self._position_rows = None
         if unit is not None and unit.sealed:
             # It opened a transaction (or pinned): what waits belongs to it after all.
             unit.sealed = False
@@ -1019,15 +1029,14 @@ class Engine:
             if status != b"I" or state.pins:
                 self._send_backlog(server, unit)
                 self.session.resume_reading()
+                if not self._is_attached(server) or not server.tracker.idle:
+                    # What waited is running now: its effects settle, and the connection is
+                    # kept or released, once the server has answered it.
+                    return
         if status != b"I":
             if self.mode is PoolMode.STATEMENT:
                 self._abort_statement_transaction(server)
             return
-        if self._settings_rows is not None:
-            self._learn_settings(self._settings_rows)
-            self._settings_rows = None
-            self.encoding = python_codec(state.settings)
-            server.applied = dict(state.settings)
         errors = 0
         if unit is not None:
             errors, unit.errors = unit.errors, 0
@@ -1039,11 +1048,9 @@ class Engine:
             if unit is not None:
                 unit.sealed = True
             return
-        if self._position_rows is not None:
-            self._learn_position(self._position_rows)
-            self._position_rows = None
-        elif (
-            self.read_your_writes
+        if (
+            not asked_position
+            and self.read_your_writes
             and unit is not None
             and unit.wrote
             and unit.decision.target is Target.PRIMARY

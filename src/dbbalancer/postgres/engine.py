@@ -72,12 +72,13 @@ SYNC = codec.Sync().encode()
 # run anywhere in a client's pipeline without touching the unnamed statement or portal.
 _CLEAR_NAME = "dbb_discard_sequences"
 CLEAR_SEQUENCES = (
+    codec.Close(b"S", _CLEAR_NAME).encode(),  # one left by an interrupted run is no error
     codec.Parse(_CLEAR_NAME, "DISCARD SEQUENCES").encode(),
     codec.Bind(_CLEAR_NAME, _CLEAR_NAME).encode(),
     codec.Execute(_CLEAR_NAME).encode(),
     codec.Close(b"S", _CLEAR_NAME).encode(),
 )
-_CLEAR_REQUESTS = (Request.PARSE, Request.BIND, Request.EXECUTE, Request.CLOSE)
+_CLEAR_REQUESTS = (Request.CLOSE, Request.PARSE, Request.BIND, Request.EXECUTE, Request.CLOSE)
 _REFUSAL_NAME = "dbb_refusal"
 _SEQUENCE_REFUSAL = (
     "DO $dbb$BEGIN RAISE EXCEPTION USING ERRCODE = "
@@ -698,7 +699,7 @@ class Engine:
         tracker = server.tracker
         for evicted in server.statements.add(stmt.server_name):
             self._to_server.append(close_statement(evicted))
-            tracker.expect(Request.CLOSE, visible=False)
+            tracker.expect(Request.CLOSE, visible=False, tag=evicted)
         self.cluster.known_statements.add(stmt.server_name)
         self._to_server.append(stmt.parse)
         tracker.expect(Request.PARSE, visible=visible, tag=stmt.server_name)
@@ -980,6 +981,10 @@ class Engine:
                 server.statements.discard(name)
                 self.cluster.known_statements.discard(name)
             tracker.failed_parses.clear()
+        if tracker.failed_closes:
+            for name in tracker.failed_closes:
+                server.statements.keep(name)
+            tracker.failed_closes.clear()
         self._flush()
 
     def _client_names(self, frame: Frame) -> Frame:
@@ -1113,7 +1118,7 @@ class Engine:
                 tracker = server.tracker
                 for name in self._doubt_statements:
                     self._to_server.append(close_statement(name))
-                    tracker.expect(Request.CLOSE, visible=False)
+                    tracker.expect(Request.CLOSE, visible=False, tag=name)
                 self._to_server.append(SYNC)
                 tracker.expect(Request.SYNC, visible=False)
                 sent = True

@@ -445,7 +445,7 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys() -> None:
             {"user": 'auth = "password"'},
             "users[0].auth",
             "'password' is not valid",
-            "use one of: scram-sha-256, md5, trust",
+            "use one of: scram-sha-256, md5, trust, mysql_native_password, caching_sha2_password",
         ),
         (
             {"user": 'pool_mode = "txn"'},

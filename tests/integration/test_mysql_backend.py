@@ -12,9 +12,11 @@ import pytest
 import uvloop
 
 from dbbalancer.compose import reset_and_release
+from dbbalancer.config.loader import parse_config
 from dbbalancer.core.errors import ErrorClass
 from dbbalancer.core.pool import Pool, PoolLimits
 from dbbalancer.core.topology import Server, ServerRole
+from dbbalancer.mysql import auth as mysql_auth
 from dbbalancer.mysql.backend import (
     DEFAULT_CAPABILITIES,
     ServerConnection,
@@ -33,6 +35,7 @@ from dbbalancer.mysql.codec import (
     decode_text_row,
 )
 from dbbalancer.mysql.errors import class_of
+from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.mariadbcluster import MariaDbCluster, MariaDbNode
 from dbbalancer.testing.ports import LOOPBACK, free_port
 
@@ -447,3 +450,95 @@ def test_a_killed_connection_is_lost_to_its_sink(mariadb_cluster: MariaDbCluster
                 assert ErrPacket.decode(packet.payload).errno > 0
 
     asyncio.run(main())
+
+
+# -- caching_sha2_password ----------------------------------------------------------------------
+# MariaDB does not speak it; the proxy's own MySQL listener does (mysql/login.py, checked
+# against PyMySQL and mysql-connector-python in test_mysql_clients.py). It greets with
+# mysql_native_password and switches a caching_sha2_password user over, so a login through it
+# takes the AuthSwitchRequest, then the fast path (right password) or the full path with the
+# RSA public key (wrong password: the proxy decrypts it, then refuses).
+
+
+@pytest.fixture(scope="module")
+def sha2_listener(mariadb_cluster: MariaDbCluster) -> Iterator[Server]:
+    cluster = mariadb_cluster
+    cluster.sql(
+        cluster.primary,
+        "SET SESSION sql_log_bin = 0; "
+        f"CREATE USER IF NOT EXISTS 'sha2'@'127.0.0.1' IDENTIFIED BY '{cluster.password}'; "
+        f"GRANT ALL PRIVILEGES ON `{cluster.database}`.* TO 'sha2'@'127.0.0.1'",
+    )
+    servers = "\n".join(
+        f'[[clusters.servers]]\nname = "{n.name}"\naddress = "{n.address()}"\n'
+        f'role = "{"primary" if n == cluster.primary else "replica"}"'
+        for n in cluster.nodes
+    )
+    config = parse_config(
+        f"""
+[listen]
+mysql = "127.0.0.1:0"
+
+[[users]]
+name = "sha2"
+password = "{cluster.password}"
+auth = "caching_sha2_password"
+
+[[clusters]]
+name = "app"
+protocol = "mysql"
+database = "{cluster.database}"
+pool_mode = "session"
+
+{servers}
+"""
+    )
+    with BalancerThread(config) as thread:
+        address = thread.app.mysql_address
+        assert address is not None
+        yield Server("proxy", address[0], address[1], ServerRole.AUTO)
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop], ids=["asyncio"])
+def test_caching_sha2_password_fast_and_full_paths(
+    mariadb_cluster: MariaDbCluster,
+    sha2_listener: Server,
+    loop_factory: LoopFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Spies (the maths are mysql.auth's, tested against PyMySQL): which path the login took.
+    calls: list[str] = []
+    for name in ("caching_sha2_scramble", "caching_sha2_encrypt_password"):
+        real = getattr(mysql_auth, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name) -> bytes:
+            calls.append(_name)
+            result: bytes = _real(*args)
+            return result
+
+        monkeypatch.setattr(mysql_auth, name, spy)
+
+    async def login(password: str) -> ServerConnection:
+        return await connect_server(
+            sha2_listener,
+            user="sha2",
+            password=password,
+            database=mariadb_cluster.database,
+            connect_timeout=10.0,
+            max_payload=MB,
+        )
+
+    async def main() -> None:
+        conn = await login(mariadb_cluster.password)
+        try:
+            assert await conn.query("SELECT CURRENT_USER()") == [(b"sha2@127.0.0.1",)]
+        finally:
+            conn.close()
+        assert calls == ["caching_sha2_scramble"]  # after the switch: fast path only
+        calls.clear()
+        with pytest.raises(ServerError) as refused:
+            await login("wrong")
+        assert refused.value.errno == 1045
+        assert calls == ["caching_sha2_scramble", "caching_sha2_encrypt_password"]
+
+    run(loop_factory, main)

@@ -398,16 +398,18 @@ def test_forwarding_hands_over_whole_packets(
 
 
 def test_forwarding_local_infile_with_follow_up_packets(mariadb_cluster: MariaDbCluster) -> None:
-    mariadb_cluster.sql(mariadb_cluster.primary, "CREATE TABLE IF NOT EXISTS infile_target (a int)")
+    mariadb_cluster.sql(
+        mariadb_cluster.primary, "CREATE TABLE IF NOT EXISTS backend_infile (a int)"
+    )
 
     async def main() -> None:
         caps = DEFAULT_CAPABILITIES | Capability.LOCAL_FILES
         async with connected(mariadb_cluster, capabilities=caps) as conn:
-            await conn.query("DELETE FROM infile_target")
+            await conn.query("DELETE FROM backend_infile")
             sink = Sink()
             conn.attach(sink)
             conn.send_command(
-                ComQuery(b"LOAD DATA LOCAL INFILE 'numbers.txt' INTO TABLE infile_target").encode()
+                ComQuery(b"LOAD DATA LOCAL INFILE 'numbers.txt' INTO TABLE backend_infile").encode()
             )
             await sink.client_turn.wait()
             request = sink.packets[-1]
@@ -419,7 +421,8 @@ def test_forwarding_local_infile_with_follow_up_packets(mariadb_cluster: MariaDb
             ok = OkPacket.decode(sink.packets[-1].payload, conn.capabilities)
             assert ok.affected_rows == 3
             conn.detach()
-            assert await conn.query("SELECT SUM(a) FROM infile_target") == [(b"6",)]
+            assert await conn.query("SELECT SUM(a) FROM backend_infile") == [(b"6",)]
+            await conn.query("DROP TABLE backend_infile")
 
     asyncio.run(main())
 

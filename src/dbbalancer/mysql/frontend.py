@@ -176,6 +176,7 @@ class ClientSession(asyncio.Protocol):
                 self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        log.debug("%r: connection lost (%s)", self, exc)
         self.closed = True
         self._forwarding = False
         if self._failure is None:

@@ -96,6 +96,7 @@ _REQUEST_PUBLIC_KEY: Final = b"\x02"
 # utf8mb4_general_ci: what MariaDB greets with; the client answers with its own choice.
 DEFAULT_CHARSET: Final = 45
 _GREETING_STATUS: Final = int(ServerStatus.AUTOCOMMIT)
+_PLUGINS: Final = frozenset({MYSQL_NATIVE_PASSWORD, CACHING_SHA2_PASSWORD})
 
 
 class RsaKeys:
@@ -267,7 +268,7 @@ class ClientLogin:
             return self._deny(attempt)
         password = _password_of(attempt.user)
         if password is None or not hmac.compare_digest(clear.encode(), password.encode()):
-            self.failure = "wrong password (full authentication)"
+            self.failure = _why_not(attempt.user) + " (full authentication)"
             return self._deny(attempt)
         return self._accept(attempt)
 
@@ -276,6 +277,10 @@ class ClientLogin:
     def _authenticate(self, attempt: _Attempt, data: bytes) -> Reply:
         self._attempt = attempt
         wanted = _plugin_for(attempt.user)
+        if attempt.user is None and attempt.plugin in _PLUGINS:
+            # An unknown user fails the way a known one would with the plugin the client
+            # chose: no switch that a client could tell apart.
+            wanted = attempt.plugin
         if wanted is None:  # trust: no password check, whatever the client sent
             return self._accept(attempt)
         if attempt.plugin != wanted:
@@ -291,7 +296,7 @@ class ClientLogin:
             stored = auth.native_password_hash(password) if password else b""
             if password is not None and auth.native_verify(data, self.nonce, stored):
                 return self._accept(attempt)
-            self.failure = "wrong password" if attempt.user is not None else "unknown user"
+            self.failure = _why_not(attempt.user)
             return self._deny(attempt)
         # caching_sha2_password
         if password is not None and not password and not data:
@@ -361,6 +366,15 @@ def _password_of(user: UserConfig | None) -> str | None:
     if user is None or not user.is_plaintext_password:
         return None
     return user.password
+
+
+def _why_not(user: UserConfig | None) -> str:
+    """Why a login with these credentials failed, for the log (never for the client)."""
+    if user is None:
+        return "unknown user"
+    if not user.is_plaintext_password:
+        return "the configured password is a PostgreSQL hash; MySQL clients need the plaintext"
+    return "wrong password"
 
 
 def _plugin_of(response: HandshakeResponse41) -> str:

@@ -378,6 +378,15 @@ def test_garbage_and_a_16_mb_claim_before_login(balancer: BalancerThread) -> Non
         assert one(bystander, "SELECT 'unaffected'") == "unaffected"
 
 
+def test_a_silent_client_is_dropped_at_the_login_timeout(balancer_one: BalancerThread) -> None:
+    with socket.create_connection(("127.0.0.1", port_of(balancer_one)), timeout=30) as sock:
+        assert read_packet(sock)[0] == 0x0A  # the greeting; then say nothing
+        answer = read_packet(sock)
+        assert answer[0] == 0xFF
+        assert int.from_bytes(answer[1:3], "little") == 1043
+        assert sock.recv(1) == b""  # closed
+
+
 def test_client_killed_mid_result(balancer_one: BalancerThread) -> None:
     with connect(balancer_one) as conn:
         server_id = one(conn, "SELECT CONNECTION_ID()")
@@ -415,6 +424,7 @@ def balancer_one(
 ) -> Iterator[BalancerThread]:
     """A proxy whose pool holds one connection, so the next client gets the last one's."""
     text = balancer_config(mariadb_cluster).replace("pool_size = 20", "pool_size = 1")
+    text = '[general]\nclient_login_timeout = "1s"\n' + text
     with BalancerThread(parse_config(text)) as thread:
         yield thread
 

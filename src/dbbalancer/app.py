@@ -24,6 +24,7 @@ from dbbalancer.compose import ClientLimits, ProtocolService, ServiceFactory, Sp
 from dbbalancer.config import Config, ConfigError, Protocol, load_config
 
 if TYPE_CHECKING:
+    from dbbalancer.mysql.service import MySqlService
     from dbbalancer.postgres.service import PostgresService
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,17 @@ def _postgres(config: Config, spawn: Spawn, limits: ClientLimits) -> ProtocolSer
     return PostgresService(config, spawn, limits)
 
 
+def _mysql(config: Config, spawn: Spawn, limits: ClientLimits) -> ProtocolService:
+    from dbbalancer.mysql.service import MySqlService
+
+    return MySqlService(config, spawn, limits)
+
+
 #: The protocols this version serves, and how to build each one's service.
-SERVICES: Mapping[Protocol, ServiceFactory] = {Protocol.POSTGRES: _postgres}
+SERVICES: Mapping[Protocol, ServiceFactory] = {
+    Protocol.POSTGRES: _postgres,
+    Protocol.MYSQL: _mysql,
+}
 
 
 def unserved_protocols(
@@ -83,6 +93,16 @@ class App:
     def pg_address(self) -> tuple[str, int] | None:
         """Where the PostgreSQL listener is bound, once it is."""
         return self.addresses.get(Protocol.POSTGRES)
+
+    @property
+    def mysql(self) -> MySqlService | None:
+        """The MySQL service while running (tests and tools inspect its clusters)."""
+        return cast("MySqlService | None", self.services.get(Protocol.MYSQL))
+
+    @property
+    def mysql_address(self) -> tuple[str, int] | None:
+        """Where the MySQL listener is bound, once it is."""
+        return self.addresses.get(Protocol.MYSQL)
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, daemon: bool = False) -> None:
         """Run `coro` inside the app's TaskGroup (it must handle its own errors).

@@ -121,14 +121,15 @@ def test_demo_runs_once() -> None:
     assert "stopped" in result.stdout
 
 
-def test_run_refuses_mysql_clusters_clearly(tmp_path: Path) -> None:
+def test_run_refuses_mysql_transaction_pooling_clearly(tmp_path: Path) -> None:
     config = tmp_path / "mysql.toml"
     config.write_text(
         '[listen]\nmysql = "127.0.0.1:6033"\n'
         '[[users]]\nname = "app"\npassword = "app"\n'
-        '[[clusters]]\nname = "shop"\nprotocol = "mysql"\n'
+        '[[clusters]]\nname = "shop"\nprotocol = "mysql"\npool_mode = "transaction"\n'
         '[[clusters.servers]]\naddress = "127.0.0.1:13306"\nrole = "primary"\n'
     )
     result = run_cli("run", "-c", str(config), timeout=30)
-    assert result.returncode == 1
-    assert 'protocol = "mysql"' in result.stderr
+    assert result.returncode != 0
+    assert "clusters[0].pool_mode" in result.stderr
+    assert "issue #12" in result.stderr

@@ -445,7 +445,7 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys() -> None:
             {"user": 'auth = "password"'},
             "users[0].auth",
             "'password' is not valid",
-            "use one of: scram-sha-256, md5, trust",
+            "use one of: scram-sha-256, md5, trust, mysql_native_password, caching_sha2_password",
         ),
         (
             {"user": 'pool_mode = "txn"'},
@@ -844,3 +844,45 @@ def test_login_password_refuses_a_hash_that_skipped_validation() -> None:
     user = UserConfig.model_construct(name="app", password="md5" + "0" * 32, server_password=None)
     with pytest.raises(ValueError, match="no server_password"):
         _ = user.login_password
+
+
+# --- MySQL clusters and users (issue #12) ----------------------------------------------------
+
+MYSQL = 'postgres = "127.0.0.1:6432"\nmysql = "127.0.0.1:6033"'
+
+
+@pytest.mark.parametrize(
+    ("cluster", "path", "fragment"),
+    [
+        ('protocol = "mysql"\npool_mode = "transaction"', "clusters[0].pool_mode", "issue #12"),
+        ('protocol = "mysql"\nread_write_split = true', "clusters[0].read_write_split", "#12"),
+        ("local_infile = true", "clusters[0].local_infile", "MySQL setting"),
+    ],
+)
+def test_mysql_cluster_rules(cluster: str, path: str, fragment: str) -> None:
+    problem = only_problem(make(listen=MYSQL, cluster=cluster))
+    assert problem.path == path
+    assert fragment in problem.message
+
+
+def test_mysql_cluster_in_session_mode_with_local_infile_parses() -> None:
+    config = parse_config(
+        make(listen=MYSQL, cluster='protocol = "mysql"\nlocal_infile = true'), "x.toml"
+    )
+    assert config.clusters[0].local_infile
+
+
+def test_default_cluster_must_be_a_mysql_cluster() -> None:
+    problem = only_problem(make(listen=MYSQL, user='default_cluster = "main"'))
+    assert problem.path == "users[0].default_cluster"
+    assert "not a MySQL cluster" in problem.message
+
+
+def test_mysql_auth_needs_a_plaintext_password() -> None:
+    text = make(
+        password=f'password = "md5{"0" * 32}"\nserver_password = "x"',
+        user='auth = "caching_sha2_password"',
+    )
+    problem = only_problem(text)
+    assert problem.path == "users[0].password"
+    assert "plaintext" in problem.message

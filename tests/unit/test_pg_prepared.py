@@ -83,6 +83,16 @@ def test_cache_evicts_least_recently_used() -> None:
     assert not cache.touch("a")
 
 
+def test_cache_keeps_a_statement_whose_close_did_not_run() -> None:
+    cache = StatementCache(2)
+    cache.add("a")
+    cache.add("b")
+    assert cache.add("c") == ["a"]
+    cache.keep("a")  # its Close was skipped: it is still on the server, and goes first next time
+    assert "a" in cache
+    assert cache.add("d") == ["a", "b"]
+
+
 def test_close_statement_message() -> None:
     assert codec.decode_frontend(parse_frame(close_statement("dbb_1"))) == codec.Close(
         b"S", "dbb_1"

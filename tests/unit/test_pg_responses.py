@@ -93,6 +93,25 @@ def test_error_skips_to_sync_and_drops_synthetic_responses() -> None:
     assert tracker.idle
 
 
+def test_statements_skipped_after_an_error_are_reported() -> None:
+    """A Parse or Close that the server skipped after an earlier error did not run: the proxy's
+    record of the connection's statements must hear of it (the statement is missing, or is
+    still there)."""
+    tracker = ResponseTracker()
+    tracker.expect(Request.BIND)  # fails
+    tracker.expect(Request.CLOSE, visible=False, tag="dbb_evicted")
+    tracker.expect(Request.PARSE, visible=False, tag="dbb_new")
+    tracker.expect(Request.PARSE, visible=True, tag="dbb_client")
+    tracker.expect(Request.EXECUTE)
+    tracker.expect(Request.SYNC)
+    out, readies = feed(tracker, ERROR, READY)
+    assert out == [ERROR, READY]
+    assert readies == 1
+    assert tracker.failed_parses == ["dbb_new", "dbb_client"]
+    assert tracker.failed_closes == ["dbb_evicted"]
+    assert tracker.idle
+
+
 def test_error_in_simple_query_waits_for_ready() -> None:
     tracker = ResponseTracker()
     tracker.expect(Request.QUERY)

@@ -118,11 +118,23 @@ class PoolMode(StrEnum):
 
 
 class AuthMethod(StrEnum):
-    """How clients authenticate to dbbalancer (PostgreSQL ``pg_hba.conf`` method names)."""
+    """How clients authenticate to dbbalancer: PostgreSQL ``pg_hba.conf`` method names and
+    MySQL authentication plugin names.
+
+    A PostgreSQL method used by a MySQL client means ``mysql_native_password`` (``trust``: no
+    password check); a MySQL plugin used by a PostgreSQL client means SCRAM-SHA-256.
+    """
 
     SCRAM_SHA_256 = "scram-sha-256"
     MD5 = "md5"
     TRUST = "trust"
+    MYSQL_NATIVE_PASSWORD = "mysql_native_password"
+    CACHING_SHA2_PASSWORD = "caching_sha2_password"
+
+    @property
+    def is_mysql(self) -> bool:
+        """A MySQL authentication plugin."""
+        return self in (AuthMethod.MYSQL_NATIVE_PASSWORD, AuthMethod.CACHING_SHA2_PASSWORD)
 
 
 # A server's configured role (``auto``: learn it from health probes) and the read balancing
@@ -365,6 +377,9 @@ class UserConfig(_Model):
     pool_mode: PoolMode | None = Field(None, description="per-user override of the pool_mode")
     max_client_connections: PositiveCount | None = Field(None, description="per-user cap")
     default_route: Route = Field(Route.AUTO, description="where this user's reads go by default")
+    default_cluster: Name | None = Field(
+        None, description="cluster of a MySQL client that names no database"
+    )
 
     @property
     def is_scram_verifier(self) -> bool:
@@ -424,6 +439,14 @@ class UserConfig(_Model):
                 )
             )
         hashed = self.is_scram_verifier or self.is_md5_hash
+        if self.auth.is_mysql and hashed:
+            problems.append(
+                ConfigProblem(
+                    "password",
+                    f"auth '{self.auth.value}' needs the plaintext password, not a PostgreSQL hash",
+                    "give the plaintext password",
+                )
+            )
         if hashed and self.server_password is None:
             problems.append(
                 ConfigProblem(
@@ -502,6 +525,9 @@ class ClusterConfig(_Model):
         LagLimit(max_seconds=1.0), description="a duration, a size, or an array of both"
     )
     read_your_writes: Flag = Field(False, description="after a write, read from the primary")
+    local_infile: Flag = Field(
+        False, description="MySQL: allow LOAD DATA LOCAL INFILE (the client sends a file)"
+    )
     read_only_transactions: ReadOnlyTransactions = Field(
         ReadOnlyTransactions.REPLICA, description="where BEGIN READ ONLY transactions go"
     )
@@ -578,6 +604,32 @@ class ClusterConfig(_Model):
                     'mark one server role = "primary" and the others "replica" or "auto"',
                 )
             )
+        if self.protocol is Protocol.MYSQL and self.pool_mode is not PoolMode.SESSION:
+            problems.append(
+                ConfigProblem(
+                    "pool_mode",
+                    f"'{self.pool_mode.value}' pooling is not available for MySQL clusters yet "
+                    "(issue #12)",
+                    'use pool_mode = "session"',
+                )
+            )
+        if self.protocol is Protocol.MYSQL and self.read_write_split:
+            problems.append(
+                ConfigProblem(
+                    "read_write_split",
+                    "is not available for MySQL clusters yet (issue #12); every statement "
+                    "would go to the primary",
+                    "remove read_write_split or set it to false",
+                )
+            )
+        if self.local_infile and self.protocol is not Protocol.MYSQL:
+            problems.append(
+                ConfigProblem(
+                    "local_infile",
+                    "is a MySQL setting, and this cluster is not a MySQL cluster",
+                    "remove local_infile",
+                )
+            )
         if (
             self.balance is Balance.WEIGHTED
             and self.servers
@@ -610,12 +662,24 @@ class Config(_Model):
         return next((cluster for cluster in self.clusters if cluster.name == name), None)
 
     def _problems(self) -> list[ConfigProblem]:
-        return _file_problems(
+        problems = _file_problems(
             has_clusters=bool(self.clusters),
             user_names=[user.name for user in self.users],
             clusters=[(cluster.name, cluster.protocol) for cluster in self.clusters],
             listening={protocol for protocol in Protocol if self.listen.address(protocol)},
         )
+        mysql_clusters = sorted(c.name for c in self.clusters if c.protocol is Protocol.MYSQL)
+        for i, user in enumerate(self.users):
+            wanted = user.default_cluster
+            if wanted is not None and wanted not in mysql_clusters:
+                problems.append(
+                    ConfigProblem(
+                        f"users[{i}].default_cluster",
+                        f"{wanted!r} is not a MySQL cluster of this file",
+                        "name one of: " + (", ".join(mysql_clusters) or "(no MySQL cluster)"),
+                    )
+                )
+        return problems
 
 
 def _file_problems(

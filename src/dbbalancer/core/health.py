@@ -75,6 +75,8 @@ class ProbeFailure(enum.Enum):
     CONNECTION_LOST = "connection lost"
     SERVER_ERROR = "server error"
     SHUTTING_DOWN = "server shutting down"
+    # A replica whose replication is stopped, failed, or not set up: its data only gets staler.
+    REPLICATION_STOPPED = "replication stopped"
 
 
 class ObservedRole(enum.Enum):

@@ -375,6 +375,10 @@ class Engine:
                 server.statements.discard(name)
                 self.cluster.known_statements.discard(name)
             tracker.failed_parses.clear()
+        if tracker.failed_closes:
+            for name in tracker.failed_closes:
+                server.statements.keep(name)
+            tracker.failed_closes.clear()
         self.flush()
 
     def _ready(self, server: ServerConnection, status: bytes) -> bool:

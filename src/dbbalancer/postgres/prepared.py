@@ -139,6 +139,12 @@ class StatementCache:
             evicted.append(old)
         return evicted
 
+    def keep(self, name: str) -> None:
+        """`name` is still there after all (its Close did not run): record it again, least
+        recently used, so that it is the next one evicted."""
+        self._names[name] = None
+        self._names.move_to_end(name, last=False)
+
     def discard(self, name: str) -> None:
         """Forget `name` (its Parse failed, or it was closed)."""
         self._names.pop(name, None)

@@ -54,7 +54,8 @@ class _Token:
     request: Request | None  # None: a synthetic response
     visible: bool
     synthetic: bytes | None = None
-    tag: str | None = None  # PARSE: the server-side statement name, to forget it if it fails
+    # PARSE, CLOSE: the server-side statement name, to correct the record if it does not run
+    tag: str | None = None
     capture: list[bytes] | None = None  # hidden QUERY: its DataRows are kept here
 
     @property
@@ -71,12 +72,15 @@ _PLAIN_TOKENS = {request: _Token(request, True) for request in Request}
 class ResponseTracker:
     """Tokens for the requests in flight on one server connection, oldest first."""
 
-    __slots__ = ("_special", "_tokens", "failed_parses", "ready_status")
+    __slots__ = ("_special", "_tokens", "failed_closes", "failed_parses", "ready_status")
 
     def __init__(self) -> None:
         self._tokens: collections.deque[_Token] = collections.deque()
         self._special = 0  # tokens in `_tokens` that are not plain
+        # Server-side statements (the `tag` of a PARSE or CLOSE) whose Parse did not run, or
+        # whose Close did not: the statement is missing, or still there, against the plan.
         self.failed_parses: list[str] = []
+        self.failed_closes: list[str] = []
         self.ready_status: bytes | None = None
 
     def __len__(self) -> int:
@@ -179,11 +183,15 @@ class ResponseTracker:
             out.append(frame.data)
             if head.request is Request.QUERY:
                 return False
-            if head.request is Request.PARSE and head.tag is not None:
-                self.failed_parses.append(head.tag)
-            # Extended protocol: the server now skips every message up to the next Sync.
+            # Extended protocol: the failed request and every message up to the next Sync did
+            # not run (the server skips them).
             while tokens and tokens[0].request is not Request.SYNC:
-                self._pop()
+                token = self._pop()
+                if token.tag is not None:
+                    if token.request is Request.PARSE:
+                        self.failed_parses.append(token.tag)
+                    elif token.request is Request.CLOSE:
+                        self.failed_closes.append(token.tag)
             return False
         if head.visible:
             out.append(frame.data)

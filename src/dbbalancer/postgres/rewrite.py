@@ -374,7 +374,7 @@ class Rewriter:
         tracker = server.tracker
         for evicted in server.statements.add(stmt.server_name):
             engine.to_server.append(close_statement(evicted))
-            tracker.expect(Request.CLOSE, visible=False)
+            tracker.expect(Request.CLOSE, visible=False, tag=evicted)
         engine.cluster.known_statements.add(stmt.server_name)
         engine.to_server.append(stmt.parse)
         tracker.expect(Request.PARSE, visible=visible, tag=stmt.server_name)

@@ -30,12 +30,13 @@ SYNC = codec.Sync().encode()
 # run anywhere in a client's pipeline without touching the unnamed statement or portal.
 _CLEAR_NAME = "dbb_discard_sequences"
 CLEAR_SEQUENCES = (
+    codec.Close(b"S", _CLEAR_NAME).encode(),  # one left by an interrupted run is no error
     codec.Parse(_CLEAR_NAME, "DISCARD SEQUENCES").encode(),
     codec.Bind(_CLEAR_NAME, _CLEAR_NAME).encode(),
     codec.Execute(_CLEAR_NAME).encode(),
     codec.Close(b"S", _CLEAR_NAME).encode(),
 )
-_CLEAR_REQUESTS = (Request.PARSE, Request.BIND, Request.EXECUTE, Request.CLOSE)
+_CLEAR_REQUESTS = (Request.CLOSE, Request.PARSE, Request.BIND, Request.EXECUTE, Request.CLOSE)
 _REFUSAL_NAME = "dbb_refusal"
 _SEQUENCE_REFUSAL = (
     "DO $dbb$BEGIN RAISE EXCEPTION USING ERRCODE = "

@@ -127,7 +127,7 @@ class Settler:
                 tracker = server.tracker
                 for name in self.doubt_statements:
                     out.append(close_statement(name))
-                    tracker.expect(Request.CLOSE, visible=False)
+                    tracker.expect(Request.CLOSE, visible=False, tag=name)
                 out.append(SYNC)
                 tracker.expect(Request.SYNC, visible=False)
                 sent = True

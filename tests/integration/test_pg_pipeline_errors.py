@@ -55,3 +55,23 @@ def test_a_parse_skipped_after_an_error_is_not_counted(
         assert backend_pid(second) == pid  # the same server connection
         cur = second.execute(text)
         assert cur.statusmessage == tag
+
+
+def test_a_statement_parsed_again_after_a_failed_deallocate_all_is_not_counted(
+    balancer: BalancerThread,
+) -> None:
+    """DEALLOCATE ALL in a transaction that then fails leaves dbbalancer in doubt: it closes what
+    the DEALLOCATE would have dropped, which includes a statement parsed again after it. The
+    record of the connection must not count that one either."""
+    with connect(balancer) as first:
+        pid = backend_pid(first)
+        first.execute("SELECT 4343")
+        first.execute("BEGIN")
+        first.execute("DEALLOCATE ALL")
+        first.execute("SELECT 4343")  # parsed again on the same connection
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            first.execute("SELECT 1/0")
+        first.execute("ROLLBACK")
+    with connect(balancer) as second:
+        assert backend_pid(second) == pid
+        assert second.execute("SELECT 4343").fetchone() == (4343,)

@@ -364,8 +364,12 @@ class Rewriter:
     def parse_context(self) -> str:
         """The client's settings that change what a statement means when it is parsed (which
         table a name is, what a date or time literal is): statements parsed under other values
-        are not shared with it."""
-        return parse_context(self.engine.state.settings)
+        are not shared with it. While the unit has changed such a setting (its value may be
+        local to the transaction, or not confirmed yet), what it parses is its own."""
+        state = self.engine.state
+        if state.transient is not None:
+            return f"transient unit {state.transient}"
+        return parse_context(state.settings)
 
     def _prepare_on(
         self, server: ServerConnection, stmt: PreparedStatement, *, visible: bool

@@ -20,6 +20,7 @@ Pins are taken when the statement is sent, for the same reason. Sans-IO.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 from dbbalancer.core.statement import (
@@ -46,6 +47,9 @@ UNPINS: dict[UnpinEvent, frozenset[PinReason]] = {
     UnpinEvent.RESET_SESSION_AUTHORIZATION: frozenset((PinReason.SESSION_AUTHORIZATION,)),
 }
 
+# Numbers the units whose parse context is their own (SessionState.transient), process-wide so
+# that no two sessions ever share one.
+_TRANSIENT_UNITS = itertools.count(1)
 _ROLLBACKS = frozenset((TxAction.ROLLBACK, TxAction.ROLLBACK_TO, TxAction.ROLLBACK_PREPARED))
 
 
@@ -61,6 +65,7 @@ class SessionState:
         "rolled_back",
         "settings",
         "startup",
+        "transient",
         "who",
     )
 
@@ -74,6 +79,9 @@ class SessionState:
         self.failed = False  # a ReadyForQuery said the transaction failed
         # The connection held now was pinned at some point: it is reset before it is pooled.
         self.pinned_since_release = False
+        # A setting that parsing reads was changed in this unit (SET LOCAL, set_config(...,
+        # true), a SET not settled yet): a number of this unit's own while so, else None.
+        self.transient: int | None = None
         self.who = who
 
     def record(self, c: Classification) -> None:
@@ -84,6 +92,10 @@ class SessionState:
         if c.tx in _ROLLBACKS:
             self.rolled_back = True
         for change in c.settings:
+            if self.transient is None and (
+                change.reset_all or change.name.lower() in PARSE_SETTINGS
+            ):
+                self.transient = next(_TRANSIENT_UNITS)
             if not change.local:
                 self.pending.append((change.name, change.value, change.reset_all))
 
@@ -97,7 +109,13 @@ class SessionState:
     @property
     def unsettled(self) -> bool:
         """Something of the unit is left to settle."""
-        return bool(self.pending or self._pending_unpins or self.failed or self.rolled_back)
+        return bool(
+            self.pending
+            or self._pending_unpins
+            or self.failed
+            or self.rolled_back
+            or self.transient is not None
+        )
 
     def in_doubt(self, errors: int) -> bool:
         """After a unit with `errors` errors: may the server have kept only part of it?"""
@@ -111,6 +129,7 @@ class SessionState:
         """
         self.failed = False
         self.rolled_back = False
+        self.transient = None
         unpins, self._pending_unpins = self._pending_unpins, []
         pending, self.pending = self.pending, []
         if not doubt:
@@ -143,6 +162,7 @@ class SessionState:
         self._pending_unpins.clear()
         self.failed = False
         self.rolled_back = False
+        self.transient = None
 
     def _apply(self, name: str, value: str | None, reset_all: bool) -> None:
         if reset_all:

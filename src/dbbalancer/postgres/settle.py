@@ -126,6 +126,8 @@ class Settler:
                 # (closing a statement that does not exist is no error).
                 tracker = server.tracker
                 for name in self.doubt_statements:
+                    # One parsed again since is closed too: forget it.
+                    server.statements.discard(name)
                     out.append(close_statement(name))
                     tracker.expect(Request.CLOSE, visible=False, tag=name)
                 out.append(SYNC)

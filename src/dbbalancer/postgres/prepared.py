@@ -30,6 +30,8 @@ class PreparedStatement:
     query: str
     parse: bytes  # the Parse message under server_name, ready to send
     classification: Classification
+    rest: bytes = b""  # the Parse body after the query: parameter types
+    context: str = ""  # the settings it is parsed under (sessionstate.parse_context)
 
 
 def _frame(kind: bytes, body: bytes) -> bytes:

@@ -14,6 +14,7 @@ learnt is kept (`batch`) so that sending the batch does not parse it again.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from dataclasses import dataclass
@@ -130,14 +131,21 @@ class Rewriter:
             name, query, rest = parse_fields(frame, engine.encoding)
             if not name:
                 return False
-            server_name = server_statement_name(query, rest, self.parse_context())
+            context = self.parse_context()
+            server_name = server_statement_name(query, rest, context)
             if not engine.cluster.known_statements.touch(server_name):
                 return False
             c = engine.classifier.classify(query)
             if c.pins or c.settings or c.unpins:
                 return False
             self.prepared[name] = PreparedStatement(
-                name, server_name, query, make_parse(server_name, query, rest, engine.encoding), c
+                name,
+                server_name,
+                query,
+                make_parse(server_name, query, rest, engine.encoding),
+                c,
+                rest,
+                context,
             )
             engine.to_client.append(PARSE_COMPLETE)
             return True
@@ -280,9 +288,16 @@ class Rewriter:
                 tracker.expect(Request.PARSE)
                 out.append(frame.data)
                 return
-            server_name = server_statement_name(query, rest, self.parse_context())
+            context = self.parse_context()
+            server_name = server_statement_name(query, rest, context)
             stmt = PreparedStatement(
-                name, server_name, query, make_parse(server_name, query, rest, engine.encoding), c
+                name,
+                server_name,
+                query,
+                make_parse(server_name, query, rest, engine.encoding),
+                c,
+                rest,
+                context,
             )
             self.prepared[name] = stmt
             if server.statements.touch(server_name):
@@ -298,7 +313,7 @@ class Rewriter:
                 bound = self.prepared.get(name)
                 if bound is not None:
                     bound_c = bound.classification
-                    self._ensure_prepared(server, bound)
+                    bound = self._ensure_prepared(server, bound)
                     out.append(with_name(frame, start, end, bound.server_name))
                 else:
                     bound_c = self.untracked.get(name)
@@ -332,7 +347,7 @@ class Rewriter:
             if describe_kind == b"S":
                 described = self.prepared.get(name) if name else None
                 if described is not None:
-                    self._ensure_prepared(server, described)
+                    described = self._ensure_prepared(server, described)
                     out.append(rename_target(frame, described.server_name))
                 else:
                     if not name:
@@ -383,9 +398,32 @@ class Rewriter:
         engine.to_server.append(stmt.parse)
         tracker.expect(Request.PARSE, visible=visible, tag=stmt.server_name)
 
-    def _ensure_prepared(self, server: ServerConnection, stmt: PreparedStatement) -> None:
-        if not server.statements.touch(stmt.server_name):
-            self._prepare_on(server, stmt, visible=False)
+    def _ensure_prepared(
+        self, server: ServerConnection, stmt: PreparedStatement
+    ) -> PreparedStatement:
+        """The client's statement as `server` will run it: the one there, or parsed there now.
+
+        A statement is parsed only under the name of the settings it is parsed under. When the
+        client's settings changed since it prepared the statement (or the unit changed them),
+        parsing it again here gives another statement, named after the settings of now; parsing
+        it under its old shared name would hand other clients a statement folded under settings
+        that are not theirs."""
+        if server.statements.touch(stmt.server_name):
+            return stmt
+        context = self.parse_context()
+        if context != stmt.context:
+            server_name = server_statement_name(stmt.query, stmt.rest, context)
+            stmt = dataclasses.replace(
+                stmt,
+                server_name=server_name,
+                parse=make_parse(server_name, stmt.query, stmt.rest, self.engine.encoding),
+                context=context,
+            )
+            self.prepared[stmt.client_name] = stmt
+            if server.statements.touch(server_name):
+                return stmt
+        self._prepare_on(server, stmt, visible=False)
+        return stmt
 
     def _ensure_unnamed(self, server: ServerConnection) -> None:
         if self.unnamed is not None and server.unnamed != self.unnamed:

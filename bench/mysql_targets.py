@@ -22,6 +22,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ __all__ = [
     "TargetUnavailable",
     "check_config",
     "dbbalancer_mysql_config",
+    "mysql_config_text",
     "start_mysql_target",
 ]
 
@@ -162,12 +164,37 @@ def dbbalancer_mysql_config(
     spec: TargetSpec, cluster: MariaDbCluster, port: int, session_pool_size: int
 ) -> str:
     """The TOML config of a MySQL dbbalancer target (docs/mysql.md, docs/configuration.md)."""
+    servers = [
+        (node.name, node.address(), "primary" if node == cluster.primary else "replica")
+        for node in cluster.nodes
+    ]
+    return mysql_config_text(
+        spec,
+        port=port,
+        user=cluster.user,
+        password=cluster.password,
+        database=cluster.database,
+        servers=servers,
+        session_pool_size=session_pool_size,
+    )
+
+
+def mysql_config_text(
+    spec: TargetSpec,
+    *,
+    port: int,
+    user: str,
+    password: str,
+    database: str,
+    servers: Sequence[tuple[str, str, str]],
+    session_pool_size: int,
+) -> str:
+    """The config text itself; ``servers`` are (name, address, role) triples."""
     session = spec.pool_mode == "session"
     pool_size = session_pool_size if session else MYSQL_TRANSACTION_POOL_SIZE
-    servers = "".join(
-        f'[[clusters.servers]]\nname = "{node.name}"\naddress = "{node.address()}"\n'
-        f'role = "{"primary" if node == cluster.primary else "replica"}"\n\n'
-        for node in cluster.nodes
+    tables = "".join(
+        f'[[clusters.servers]]\nname = "{name}"\naddress = "{address}"\nrole = "{role}"\n\n'
+        for name, address, role in servers
     )
     return (
         "[general]\n"
@@ -176,17 +203,17 @@ def dbbalancer_mysql_config(
         "[listen]\n"
         f'mysql = "{LOOPBACK}:{port}"\n\n'
         "[[users]]\n"
-        f'name = "{cluster.user}"\n'
-        f'password = "{cluster.password}"\n'
+        f'name = "{user}"\n'
+        f'password = "{password}"\n'
         'auth = "mysql_native_password"\n\n'
         "[[clusters]]\n"
-        f'name = "{cluster.database}"\n'
+        f'name = "{database}"\n'
         'protocol = "mysql"\n'
-        f'database = "{cluster.database}"\n'
+        f'database = "{database}"\n'
         f'pool_mode = "{spec.pool_mode}"\n'
         f"pool_size = {pool_size}\n"
         f"read_write_split = {'true' if spec.read_write_split else 'false'}\n\n"
-        f"{servers}"
+        f"{tables}"
     )
 
 

@@ -10,19 +10,32 @@ it starts is stopped by PID in a ``finally``.
 
 from __future__ import annotations
 
+import datetime
 import shlex
+import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure import descendants, peak_rss_kb
-from bench.mysql_report import MysqlCase, MysqlRecord, MysqlTargetInfo
+from bench.measure import descendants, machine_info, peak_rss_kb
+from bench.mysql_report import (
+    BASELINE,
+    MysqlCase,
+    MysqlMeta,
+    MysqlRecord,
+    MysqlTargetInfo,
+    render_mysql_section,
+    summarize_mysql,
+)
 from bench.mysql_targets import (
     MysqlTarget,
     TargetUnavailable,
     start_mysql_target,
 )
+from bench.report import render_chart
 from bench.sysbench import (
     SysbenchResult,
     SysbenchTables,
@@ -31,6 +44,7 @@ from bench.sysbench import (
     sysbench_command,
 )
 from bench.targets import RunningTarget, TargetError, find_program
+from dbbalancer import __version__, build_kind
 from dbbalancer.testing.mariadbcluster import (
     MariaDbCluster,
     MariaDbClusterError,
@@ -86,9 +100,14 @@ class MysqlBench:
         self.infos = {t.spec.name: MysqlTargetInfo(t.spec.name) for t in settings.targets}
         self.running: dict[str, RunningTarget] = {}
         self.command_lines: list[str] = []
+        self.started = ""
+        self.wall_seconds = 0.0
 
-    def run(self, workdir: Path) -> None:
+    def run(self) -> None:
         """Start the cluster and the targets, run every case, read peak RSS; stop everything."""
+        self.started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        t0 = time.monotonic()
+        workdir = Path(tempfile.mkdtemp(prefix="dbbalancer-bench-mysql-"))
         # The cluster makes its own base directory: the server account must traverse it.
         cluster = MariaDbCluster(replicas=2, max_connections=self.settings.max_connections())
         try:
@@ -105,7 +124,56 @@ class MysqlBench:
         finally:
             for target in self.running.values():
                 target.stop()
-            cluster.stop()
+            try:
+                cluster.stop()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+                self.wall_seconds = time.monotonic() - t0
+
+    def report(self, *, chart: Path, command: str, scope: str, notes: Sequence[str]) -> str:
+        """Write the chart to ``chart`` and return the markdown section of this run."""
+        settings = self.settings
+        names = [t.spec.name for t in settings.targets]
+        summaries = summarize_mysql(self.records, names, settings.cases)
+        notes = list(notes)
+        chart_name: str | None = chart.name
+        try:
+            render_chart(
+                chart,
+                settings.cases,
+                [name for name in names if self.infos[name].start_error is None],
+                summaries,
+                baseline=BASELINE,
+                title="MySQL bench chart",
+            )
+        except Exception as exc:  # a missing plotting backend must not lose the results
+            notes.append(f"chart not written: {type(exc).__name__}: {exc}")
+            chart_name = None
+        versions = self.versions()
+        versions["dbbalancer"] = f"{__version__}, {build_kind()}"
+        meta = MysqlMeta(
+            command=command,
+            scope=scope,
+            started=self.started,
+            wall_seconds=self.wall_seconds,
+            machine=machine_info("benchmark clients, proxies and MariaDB share these cores"),
+            versions=versions,
+            settings={
+                "rounds": str(settings.rounds),
+                "duration per run": f"{settings.duration:g} s",
+                "sysbench tables": f"{settings.tables.tables} x {settings.tables.size} rows "
+                "(prepared once on the primary, replicated before the runs)",
+                "cluster": "MariaDB primary + 2 GTID replicas (MariaDbCluster)",
+                "HAProxy": "mode tcp; a write listener to the primary and a read listener "
+                "balanced (roundrobin) over the replicas",
+                "dbbalancer": "separate process, protocol mysql, mysql_native_password; "
+                f"session pool_size {settings.session_pool_size}, log_level warning",
+            },
+            sysbench_commands=self.command_lines,
+            chart_name=chart_name,
+            notes=notes,
+        )
+        return render_mysql_section(meta, settings.cases, names, summaries, self.infos)
 
     def _command(
         self,

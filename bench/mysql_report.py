@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from bench.sysbench import SysbenchResult, SysbenchWorkload
 
 __all__ = [
+    "BASELINE",
     "BEGIN",
     "END",
     "NOT_YET",

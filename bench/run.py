@@ -41,19 +41,14 @@ from bench.measure import (
     PgbenchResult,
     Workload,
     descendants,
+    machine_info,
     measure_idle_clients,
     peak_rss_kb,
     pgbench_command,
     run_pgbench,
 )
 from bench.mysql_bench import MYSQL_WORKLOADS, MysqlBench, MysqlSettings
-from bench.mysql_report import (
-    MysqlCase,
-    MysqlMeta,
-    render_mysql_section,
-    splice,
-    summarize_mysql,
-)
+from bench.mysql_report import MysqlCase, splice
 from bench.mysql_targets import MYSQL_DEFAULT_TARGETS, MYSQL_TARGETS
 from bench.report import (
     Case,
@@ -304,58 +299,15 @@ class Bench:
 
     def _run_mysql(self, settings: MysqlSettings) -> str:
         """The MySQL part: sysbench through every MySQL target; returns its markdown section."""
-        started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        t0 = time.monotonic()
         bench = MysqlBench(settings)
-        workdir = Path(tempfile.mkdtemp(prefix="dbbalancer-bench-mysql-"))
-        try:
-            bench.run(workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        names = [t.spec.name for t in settings.targets]
-        summaries = summarize_mysql(bench.records, names, settings.cases)
+        bench.run()
         out: Path = self.args.out
-        chart = out.with_name(out.stem + "-mysql.png")
-        notes = list(self.args.note)
-        chart_name: str | None = chart.name
-        try:
-            render_chart(
-                chart,
-                settings.cases,
-                [name for name in names if bench.infos[name].start_error is None],
-                summaries,
-                baseline="mysql-direct",
-                title="MySQL bench chart",
-            )
-        except Exception as exc:  # a missing plotting backend must not lose the results
-            notes.append(f"chart not written: {type(exc).__name__}: {exc}")
-            chart_name = None
-        versions = bench.versions()
-        versions["dbbalancer"] = f"{__version__}, {build_kind()}"
-        machine = _machine("benchmark clients, proxies and MariaDB share these cores")
-        meta = MysqlMeta(
+        return bench.report(
+            chart=out.with_name(out.stem + "-mysql.png"),
             command=shlex.join(["python", "-m", "bench.run", *_public_argv(self.argv)]),
             scope=_mysql_scope(settings),
-            started=started,
-            wall_seconds=time.monotonic() - t0,
-            machine=machine,
-            versions=versions,
-            settings={
-                "rounds": str(settings.rounds),
-                "duration per run": f"{settings.duration:g} s",
-                "sysbench tables": f"{settings.tables.tables} x {settings.tables.size} rows "
-                "(prepared once on the primary, replicated before the runs)",
-                "cluster": "MariaDB primary + 2 GTID replicas (MariaDbCluster)",
-                "HAProxy": "mode tcp; a write listener to the primary and a read listener "
-                "balanced (roundrobin) over the replicas",
-                "dbbalancer": "separate process, protocol mysql, mysql_native_password; "
-                f"session pool_size {settings.session_pool_size}, log_level warning",
-            },
-            sysbench_commands=bench.command_lines,
-            chart_name=chart_name,
-            notes=notes,
+            notes=list(self.args.note),
         )
-        return render_mysql_section(meta, settings.cases, names, summaries, bench.infos)
 
     def _env(self, cluster: PgCluster) -> dict[str, str]:
         env = dict(os.environ)
@@ -591,7 +543,7 @@ class Bench:
         meta = ReportMeta(
             command=shlex.join(["python", "-m", "bench.run", *_public_argv(self.argv)]),
             scope=self._scope(),
-            machine=_machine("benchmark clients, proxies and PostgreSQL share these cores"),
+            machine=machine_info("benchmark clients, proxies and PostgreSQL share these cores"),
             versions=versions,
             pgbench_commands=self.pgbench_lines,
             settings={
@@ -621,27 +573,6 @@ class Bench:
             }
             self.args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         return render_markdown(meta, self.cases, names, summaries, self.infos, goals, chart_name)
-
-
-def _machine(note: str) -> dict[str, str]:
-    model = "unknown"
-    memory = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    return {
-        "nproc": str(os.cpu_count()),
-        "CPU": model,
-        "memory": memory,
-        "kernel": platform.release(),
-        "note": note,
-    }
 
 
 def _mysql_settings(

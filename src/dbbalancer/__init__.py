@@ -15,6 +15,7 @@ COMPILED_MODULES = (
     "dbbalancer.postgres.engine",
     "dbbalancer.postgres.backend",
     "dbbalancer.postgres.frontend",
+    "dbbalancer.postgres.startup",
     "dbbalancer.postgres.params",
     "dbbalancer.postgres.prepared",
     "dbbalancer.postgres.classify",

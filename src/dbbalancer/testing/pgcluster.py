@@ -9,14 +9,9 @@ Every node lives in a private directory under one base directory: the data direc
 server log (written through ``pg_ctl -l``) and the Unix socket, so the machine's own PostgreSQL
 service (its sockets, its port, its configuration) is never touched.
 
-PostgreSQL refuses to run as root. When this process runs as root, every server-side program
-(``initdb``, ``pg_ctl``/``postgres``, ``pg_basebackup``) runs as an unprivileged account: the
-``postgres`` system user when it exists, else a system user ``dbbalancer`` created once with
-``useradd --system``. Clients (``psql``) keep running as the caller.
-
-Binaries are found in this order: ``$DBBALANCER_PG_BINDIR``; the highest
-``/usr/lib/postgresql/<version>/bin`` (Debian/Ubuntu layout) holding ``initdb``; ``pg_config
---bindir``; ``PATH``. ``make setup`` installs them.
+How a node's files, programs and postmaster are handled (as an unprivileged account when we
+are root; binaries from ``$DBBALANCER_PG_BINDIR``, Debian's layout, ``pg_config`` or ``PATH``)
+is in :mod:`dbbalancer.testing.pgserver`.
 """
 
 from __future__ import annotations

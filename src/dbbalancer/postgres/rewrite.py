@@ -14,7 +14,6 @@ learnt is kept (`batch`) so that sending the batch does not parse it again.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import struct
 from dataclasses import dataclass
@@ -39,9 +38,10 @@ from dbbalancer.postgres.prepared import (
     PreparedStatement,
     bind_statement,
     close_statement,
-    make_parse,
     parse_fields,
+    prepared_statement,
     rename_target,
+    reparsed,
     server_statement_name,
     target_name,
     with_name,
@@ -132,21 +132,14 @@ class Rewriter:
             if not name:
                 return False
             context = self.parse_context()
-            server_name = server_statement_name(query, rest, context)
-            if not engine.cluster.known_statements.touch(server_name):
+            if not engine.cluster.known_statements.touch(
+                server_statement_name(query, rest, context)
+            ):
                 return False
             c = engine.classifier.classify(query)
             if c.pins or c.settings or c.unpins:
                 return False
-            self.prepared[name] = PreparedStatement(
-                name,
-                server_name,
-                query,
-                make_parse(server_name, query, rest, engine.encoding),
-                c,
-                rest,
-                context,
-            )
+            self.prepared[name] = prepared_statement(name, query, rest, c, context, engine.encoding)
             engine.to_client.append(PARSE_COMPLETE)
             return True
         if kind == b"S":
@@ -288,19 +281,9 @@ class Rewriter:
                 tracker.expect(Request.PARSE)
                 out.append(frame.data)
                 return
-            context = self.parse_context()
-            server_name = server_statement_name(query, rest, context)
-            stmt = PreparedStatement(
-                name,
-                server_name,
-                query,
-                make_parse(server_name, query, rest, engine.encoding),
-                c,
-                rest,
-                context,
-            )
+            stmt = prepared_statement(name, query, rest, c, self.parse_context(), engine.encoding)
             self.prepared[name] = stmt
-            if server.statements.touch(server_name):
+            if server.statements.touch(stmt.server_name):
                 tracker.synthesize(PARSE_COMPLETE, engine.to_client)
             else:
                 self._prepare_on(server, stmt, visible=True)
@@ -401,29 +384,17 @@ class Rewriter:
     def _ensure_prepared(
         self, server: ServerConnection, stmt: PreparedStatement
     ) -> PreparedStatement:
-        """The client's statement as `server` will run it: the one there, or parsed there now.
-
-        A statement is parsed only under the name of the settings it is parsed under. When the
-        client's settings changed since it prepared the statement (or the unit changed them),
-        parsing it again here gives another statement, named after the settings of now; parsing
-        it under its old shared name would hand other clients a statement folded under settings
-        that are not theirs."""
+        """The client's statement as `server` will run it: the one there, or parsed there now
+        (under a name of the settings of now: see `reparsed`)."""
         if server.statements.touch(stmt.server_name):
             return stmt
-        context = self.parse_context()
-        if context != stmt.context:
-            server_name = server_statement_name(stmt.query, stmt.rest, context)
-            stmt = dataclasses.replace(
-                stmt,
-                server_name=server_name,
-                parse=make_parse(server_name, stmt.query, stmt.rest, self.engine.encoding),
-                context=context,
-            )
-            self.prepared[stmt.client_name] = stmt
-            if server.statements.touch(server_name):
-                return stmt
-        self._prepare_on(server, stmt, visible=False)
-        return stmt
+        fresh = reparsed(stmt, self.parse_context(), self.engine.encoding)
+        if fresh is not stmt:
+            self.prepared[stmt.client_name] = fresh
+            if server.statements.touch(fresh.server_name):
+                return fresh
+        self._prepare_on(server, fresh, visible=False)
+        return fresh
 
     def _ensure_unnamed(self, server: ServerConnection) -> None:
         if self.unnamed is not None and server.unnamed != self.unnamed:

@@ -86,13 +86,14 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _foreign_servers(base_dir: Path) -> set[int]:
-    """PIDs of MariaDB/MySQL servers that are not ours (e.g. the machine's own on 3306)."""
+    """PIDs of MariaDB/MySQL servers that no test cluster started (e.g. the machine's own on
+    3306). Other test clusters (another test run on the machine) come and go as they please."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         args = _cmdline(int(entry.name))
-        ours = any(str(base_dir) in arg for arg in args)
+        ours = any(str(base_dir) in arg or MariaDbCluster._tempdir_prefix in arg for arg in args)
         if args and Path(args[0]).name in ("mariadbd", "mysqld") and not ours:
             pids.add(int(entry.name))
     return pids

@@ -360,27 +360,35 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
         if self.is_running(node):
             raise MariaDbClusterError(f"could not kill {node.name}: {'; '.join(errors)}")
 
-    def start_node(self, node: MariaDbNode, *, timeout: float = _START_TIMEOUT) -> None:
+    def start_node(
+        self, node: MariaDbNode, *, timeout: float = _START_TIMEOUT, read_only: bool = False
+    ) -> None:
         """Start a stopped or killed node again.
 
         A replica starts with ``read_only=1`` and follows the current primary again from its
         ``gtid_slave_pos`` (``CHANGE MASTER TO``, so a replica stopped across a promotion
         follows the new primary); it returns once the replica's IO and SQL threads run (when
         the primary is running). A node outside the topology (an old primary that was not
-        rejoined) starts writable, as a second primary: use :meth:`rejoin` instead.
+        rejoined) starts writable, as a second primary, unless ``read_only`` is set: then it
+        starts with ``--read-only=1`` and replicates from nobody (a demoted old primary that an
+        operator started again); use :meth:`rejoin` to make it a replica.
         """
         if self.is_running(node):
             return
         deadline = time.monotonic() + timeout
-        self._launch(node)
-        node = self._wait_up_with_port_retry(node, deadline)
+        self._launch(node, read_only=read_only)
+        node = self._wait_up_with_port_retry(node, deadline, read_only=read_only)
         if node.name in self._replica_names:
             self._follow(node, self.primary)
             if self.is_running(self.primary):
                 self.wait_connected(timeout=max(1.0, deadline - time.monotonic()), nodes=[node])
 
-    def promote(self, node: MariaDbNode) -> None:
+    def promote(self, node: MariaDbNode) -> float:
         """Make replica ``node`` the primary: ``STOP SLAVE; RESET SLAVE ALL; read_only=0``.
+
+        Returns the monotonic time at which that statement returned (``node`` was writable
+        then), before the other replicas are pointed at it: the moment a failover is measured
+        from.
 
         Events the replica received but had not applied yet (e.g. held back by ``MASTER_DELAY``)
         are discarded with its relay log, as in a real failover; call :meth:`wait_replicated`
@@ -396,11 +404,13 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
         if not self.is_running(node):
             raise MariaDbClusterError(f"{node.name} is not running")
         self.sql(node, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
+        writable_at = time.monotonic()
         self._replica_names.remove(node.name)
         self._primary_name = node.name
         for replica in self.replicas:
             if self.is_running(replica):
                 self._follow(replica, node)
+        return writable_at
 
     def rejoin(self, node: MariaDbNode) -> None:
         """Make a former primary (or any node outside the topology) a replica of the primary.
@@ -558,10 +568,17 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
 
     def _install_db(self, data_dir: Path) -> None:
         log = self.base_dir / "install-db.log"
+        # Its own temporary directory, as for the servers: the bootstrap server's temporary
+        # tables in a shared /tmp have been seen to vanish under it ("Error on delete of
+        # '/tmp/#sql-temptable-...'") while other programs cleaned up there.
+        tmpdir = self.base_dir / "install-tmp"
+        tmpdir.mkdir(exist_ok=True)
+        self._chown(tmpdir)
         args = [
             str(self._bin().install_db),
             "--no-defaults",
             f"--datadir={data_dir}",
+            f"--tmpdir={tmpdir}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
             "--skip-name-resolve",
@@ -591,6 +608,7 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
             raise MariaDbClusterError(
                 f"mariadb-install-db failed (exit {result.returncode}):\n{tail}"
             )
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _copy_tree(self, source: Path, target: Path) -> None:
         shutil.copytree(source, target, symlinks=True)
@@ -604,7 +622,7 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
         # Small log and buffer pool: quick install, start and copy; plenty for tests.
         return ["--innodb-log-file-size=8M", "--innodb-buffer-pool-size=32M"]
 
-    def _server_args(self, node: MariaDbNode) -> list[str]:
+    def _server_args(self, node: MariaDbNode, *, read_only: bool = False) -> list[str]:
         args = [
             str(self._bin().server),
             "--no-defaults",
@@ -635,7 +653,7 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
             "--slave-net-timeout=10",
             *self._innodb_args(),
         ]
-        if node.name in self._replica_names:
+        if read_only or node.name in self._replica_names:
             args.append("--read-only=1")
         args.extend(self._extra_args)
         return args
@@ -719,14 +737,14 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
         env.update(extra or {})
         return env
 
-    def _launch(self, node: MariaDbNode) -> None:
+    def _launch(self, node: MariaDbNode, *, read_only: bool = False) -> None:
         # The log file is ours to create, so that errors before --log-error takes effect land
         # in it too.
         log = node.log_file.open("ab")
         self._chown(node.log_file)
         try:
             self._procs[node.name] = subprocess.Popen(
-                self._server_args(node),
+                self._server_args(node, read_only=read_only),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -760,12 +778,14 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
                 )
             time.sleep(0.03)
 
-    def _wait_up_with_port_retry(self, node: MariaDbNode, deadline: float) -> MariaDbNode:
+    def _wait_up_with_port_retry(
+        self, node: MariaDbNode, deadline: float, *, read_only: bool = False
+    ) -> MariaDbNode:
         def move(node: MariaDbNode) -> MariaDbNode:
             node = MariaDbNode(
                 node.name, node.host, _pick_ports(1)[0], node.node_dir, node.server_id
             )
-            self._launch(node)
+            self._launch(node, read_only=read_only)
             return node
 
         return self._retry_port_clash(node, lambda node: self._wait_up(node, deadline), move)
@@ -822,6 +842,7 @@ class MariaDbCluster(ServerCluster[MariaDbNode]):
         assert self._base_dir is not None
         if not self._owns_base_dir:
             shutil.rmtree(self._base_dir / "template", ignore_errors=True)
+            shutil.rmtree(self._base_dir / "install-tmp", ignore_errors=True)
             with contextlib.suppress(OSError):
                 (self._base_dir / "install-db.log").unlink()
 

@@ -7,10 +7,11 @@ one per protocol), and so is the clock, so this module knows no socket and no wi
 Probe pacing follows HAProxy's health checks (`inter`, with a faster `fastinter` while a server is
 changing state): every server is probed every `interval` seconds, and every `fast_interval`
 seconds while the cluster has no primary, and for a server in transition (failing probes but not
-yet down, or down and answering again). A failover is only followed as fast as the promoted server is seen and the dead one is
-confirmed, and both happen at the fast pace. `poke()` probes a server at once: the proxy calls
-it when live traffic sees a connection error or a SQLSTATE such as 57P01 (admin_shutdown) or
-25006 (read_only_sql_transaction), which usually arrive before the next scheduled probe.
+yet down, or down and answering again). A failover is only followed as fast as the promoted
+server is seen and the dead one is confirmed, and both happen at the fast pace. `poke()` probes
+a server at once: the proxy calls it when live traffic sees a connection error or a SQLSTATE
+such as 57P01 (admin_shutdown) or 25006 (read_only_sql_transaction), which usually arrive
+before the next scheduled probe.
 
 Role policy (see `vet_role`):
 

@@ -386,6 +386,28 @@ def test_probe_delay_is_fast_while_primary_unknown_or_failing() -> None:
     assert (m.probe_delay("a"), m.probe_delay("b")) == (0.05, 0.5)
 
 
+def test_probe_delay_is_fast_for_a_server_in_transition() -> None:
+    """HAProxy's fastinter: a replica failing probes is confirmed down at the fast pace, a down
+    one that answers again comes back at it; a down one that stays silent is probed at the
+    normal pace."""
+    m = make(server("a"), server("b"), interval=0.5, fast_interval=0.05, fall=3, rise=2)
+    m.record("a", as_primary())
+    m.record("b", as_replica())
+    m.record("b", REFUSED)
+    assert m.server_status("b").state is HealthState.SUSPECT
+    assert (m.probe_delay("a"), m.probe_delay("b")) == (0.5, 0.05)
+    m.record("b", REFUSED)
+    m.record("b", REFUSED)
+    assert m.server_status("b").state is HealthState.DOWN
+    assert m.probe_delay("b") == 0.5
+    m.record("b", as_replica())
+    assert m.server_status("b").state is HealthState.DOWN
+    assert m.probe_delay("b") == 0.05
+    m.record("b", as_replica())
+    assert m.server_status("b").state is HealthState.UP
+    assert m.probe_delay("b") == 0.5
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"interval": 0}, {"timeout": -1}, {"fast_interval": 0.0}, {"rise": 0}, {"fall": 0}],

@@ -6,11 +6,12 @@ one per protocol), and so is the clock, so this module knows no socket and no wi
 
 Probe pacing follows HAProxy's health checks (`inter`, with a faster `fastinter` while a server is
 changing state): every server is probed every `interval` seconds, and every `fast_interval`
-seconds while the cluster has no primary, and for the elected primary while it is failing a
-probe. A failover is only followed as fast as the promoted server is seen and the dead one is
-confirmed, and both happen at the fast pace. `poke()` probes a server at once: the proxy calls
-it when live traffic sees a connection error or a SQLSTATE such as 57P01 (admin_shutdown) or
-25006 (read_only_sql_transaction), which usually arrive before the next scheduled probe.
+seconds while the cluster has no primary, and for a server in transition (failing probes but not
+yet down, or down and answering again). A failover is only followed as fast as the promoted
+server is seen and the dead one is confirmed, and both happen at the fast pace. `poke()` probes
+a server at once: the proxy calls it when live traffic sees a connection error or a SQLSTATE
+such as 57P01 (admin_shutdown) or 25006 (read_only_sql_transaction), which usually arrive
+before the next scheduled probe.
 
 Role policy (see `vet_role`):
 
@@ -238,15 +239,16 @@ class HealthMonitor:
     def probe_delay(self, name: str) -> float:
         """Seconds the probe loop of `name` waits before its next probe (unless poked).
 
-        `fast_interval` while no primary is elected (the promoted server must be found fast) and
-        for the elected primary while it is failing probes (its outage must be confirmed fast);
-        `interval` otherwise.
+        `fast_interval` while no primary is elected (the promoted server must be found fast)
+        and for any server in transition, as HAProxy's `fastinter`: one that is failing probes
+        but not yet down (its outage must be confirmed fast: a dead primary holds up the
+        failover, a dead replica keeps its place among the read candidates until then), and one
+        that is down but answered its last probe (`rise` counts). `interval` otherwise.
         """
-        entry = self._entries[name]
-        primary = self._election.primary
-        if primary is None:
+        health = self._entries[name].health
+        if self._election.primary is None or health.state is HealthState.SUSPECT:
             return self._fast_interval
-        if primary == name and entry.health.state is not HealthState.UP:
+        if health.state is HealthState.DOWN and health.consecutive_ok > 0:
             return self._fast_interval
         return self._interval
 

@@ -272,10 +272,14 @@ class ClientSession(ConnectionPhase):
         if pool is not None:
             pool.release(conn, reusable=False, reason=DropReason.BROKEN)
         if not self.closed:
-            self._send_error(
-                ErrorCode.SERVER_CONNECTION_LOST,
-                f"Lost connection to server {conn.server.name} during query",
-            )
+            if conn.in_flight:
+                self._send_error(
+                    ErrorCode.SERVER_CONNECTION_LOST,
+                    f"Lost connection to server {conn.server.name} during query",
+                )
+            # Between commands the client expects nothing: an ERR now would be read as the
+            # answer to its next command, with a sequence id it does not expect ("packet
+            # sequence number wrong"). It finds the connection closed, as when a server dies.
             self.close()
 
     # -- ending ---------------------------------------------------------------------------------

@@ -236,27 +236,35 @@ class MariaDbCluster(MariaDbServers):
         if self.is_running(node):
             raise MariaDbClusterError(f"could not kill {node.name}: {'; '.join(errors)}")
 
-    def start_node(self, node: MariaDbNode, *, timeout: float = _START_TIMEOUT) -> None:
+    def start_node(
+        self, node: MariaDbNode, *, timeout: float = _START_TIMEOUT, read_only: bool = False
+    ) -> None:
         """Start a stopped or killed node again.
 
         A replica starts with ``read_only=1`` and follows the current primary again from its
         ``gtid_slave_pos`` (``CHANGE MASTER TO``, so a replica stopped across a promotion
         follows the new primary); it returns once the replica's IO and SQL threads run (when
         the primary is running). A node outside the topology (an old primary that was not
-        rejoined) starts writable, as a second primary: use :meth:`rejoin` instead.
+        rejoined) starts writable, as a second primary, unless ``read_only`` is set: then it
+        starts with ``--read-only=1`` and replicates from nobody (a demoted old primary that an
+        operator started again); use :meth:`rejoin` to make it a replica.
         """
         if self.is_running(node):
             return
         deadline = time.monotonic() + timeout
-        self._launch(node)
-        node = self._wait_up_with_port_retry(node, deadline)
+        self._launch(node, read_only=read_only)
+        node = self._wait_up_with_port_retry(node, deadline, read_only=read_only)
         if node.name in self._replica_names:
             self._follow(node, self.primary)
             if self.is_running(self.primary):
                 self.wait_connected(timeout=max(1.0, deadline - time.monotonic()), nodes=[node])
 
-    def promote(self, node: MariaDbNode) -> None:
+    def promote(self, node: MariaDbNode) -> float:
         """Make replica ``node`` the primary: ``STOP SLAVE; RESET SLAVE ALL; read_only=0``.
+
+        Returns the monotonic time at which that statement returned (``node`` was writable
+        then), before the other replicas are pointed at it: the moment a failover is measured
+        from.
 
         Events the replica received but had not applied yet (e.g. held back by ``MASTER_DELAY``)
         are discarded with its relay log, as in a real failover; call :meth:`wait_replicated`
@@ -272,11 +280,13 @@ class MariaDbCluster(MariaDbServers):
         if not self.is_running(node):
             raise MariaDbClusterError(f"{node.name} is not running")
         self.sql(node, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
+        writable_at = time.monotonic()
         self._replica_names.remove(node.name)
         self._primary_name = node.name
         for replica in self.replicas:
             if self.is_running(replica):
                 self._follow(replica, node)
+        return writable_at
 
     def rejoin(self, node: MariaDbNode) -> None:
         """Make a former primary (or any node outside the topology) a replica of the primary.

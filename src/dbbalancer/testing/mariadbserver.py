@@ -217,10 +217,17 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
 
     def _install_db(self, data_dir: Path) -> None:
         log = self.base_dir / "install-db.log"
+        # Its own temporary directory, as for the servers: the bootstrap server's temporary
+        # tables in a shared /tmp have been seen to vanish under it ("Error on delete of
+        # '/tmp/#sql-temptable-...'") while other programs cleaned up there.
+        tmpdir = self.base_dir / "install-tmp"
+        tmpdir.mkdir(exist_ok=True)
+        self._chown(tmpdir)
         args = [
             str(self._bin().install_db),
             "--no-defaults",
             f"--datadir={data_dir}",
+            f"--tmpdir={tmpdir}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
             "--skip-name-resolve",
@@ -250,6 +257,7 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
             raise MariaDbClusterError(
                 f"mariadb-install-db failed (exit {result.returncode}):\n{tail}"
             )
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _copy_tree(self, source: Path, target: Path) -> None:
         shutil.copytree(source, target, symlinks=True)
@@ -263,7 +271,7 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
         # Small log and buffer pool: quick install, start and copy; plenty for tests.
         return ["--innodb-log-file-size=8M", "--innodb-buffer-pool-size=32M"]
 
-    def _server_args(self, node: MariaDbNode) -> list[str]:
+    def _server_args(self, node: MariaDbNode, *, read_only: bool = False) -> list[str]:
         args = [
             str(self._bin().server),
             "--no-defaults",
@@ -294,7 +302,7 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
             "--slave-net-timeout=10",
             *self._innodb_args(),
         ]
-        if node.name in self._replica_names:
+        if read_only or node.name in self._replica_names:
             args.append("--read-only=1")
         args.extend(self._extra_args)
         return args
@@ -314,14 +322,14 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
         env.update(extra or {})
         return env
 
-    def _launch(self, node: MariaDbNode) -> None:
+    def _launch(self, node: MariaDbNode, *, read_only: bool = False) -> None:
         # The log file is ours to create, so that errors before --log-error takes effect land
         # in it too.
         log = node.log_file.open("ab")
         self._chown(node.log_file)
         try:
             self._procs[node.name] = subprocess.Popen(
-                self._server_args(node),
+                self._server_args(node, read_only=read_only),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -355,12 +363,14 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
                 )
             time.sleep(0.03)
 
-    def _wait_up_with_port_retry(self, node: MariaDbNode, deadline: float) -> MariaDbNode:
+    def _wait_up_with_port_retry(
+        self, node: MariaDbNode, deadline: float, *, read_only: bool = False
+    ) -> MariaDbNode:
         def move(node: MariaDbNode) -> MariaDbNode:
             node = MariaDbNode(
                 node.name, node.host, _pick_ports(1)[0], node.node_dir, node.server_id
             )
-            self._launch(node)
+            self._launch(node, read_only=read_only)
             return node
 
         return self._retry_port_clash(node, lambda node: self._wait_up(node, deadline), move)
@@ -432,6 +442,7 @@ class MariaDbServers(ServerCluster[MariaDbNode]):
         assert self._base_dir is not None
         if not self._owns_base_dir:
             shutil.rmtree(self._base_dir / "template", ignore_errors=True)
+            shutil.rmtree(self._base_dir / "install-tmp", ignore_errors=True)
             with contextlib.suppress(OSError):
                 (self._base_dir / "install-db.log").unlink()
 

@@ -48,6 +48,7 @@ from dbbalancer.mysql.codec import (
     CommandByte,
     ComSetOption,
     ErrPacket,
+    OkPacket,
     Packet,
     PacketReader,
     Phase,
@@ -55,8 +56,10 @@ from dbbalancer.mysql.codec import (
     decode_command,
     encode_packets,
 )
+from dbbalancer.mysql.engine import TxEngine
 from dbbalancer.mysql.errors import error_of
 from dbbalancer.mysql.login import ClientLogin, LoggedIn, Reply
+from dbbalancer.mysql.sessionstate import MySessionState
 
 if TYPE_CHECKING:
     from dbbalancer.mysql.service import MySqlCluster, MySqlService
@@ -137,6 +140,8 @@ class ClientSession(asyncio.Protocol):
         # What the next client of the server connection must not inherit.
         self._database_dirty = False
         self._options_dirty = False
+        # Transaction pooling: the units of work (None under session pooling).
+        self.engine: TxEngine | None = None
 
     def __repr__(self) -> str:
         user = self.user.name if self.user else "?"
@@ -314,14 +319,17 @@ class ClientSession(asyncio.Protocol):
         cluster = self.service.cluster_for(done.user, done.database)
         self.cluster = cluster
         mode = cluster.config.effective_pool_mode(done.user)
-        if mode is not PoolMode.SESSION:
+        if mode is PoolMode.STATEMENT:
             raise Refused(
                 ErrorCode.SESSION_STATE_REFUSED,
-                f"pool_mode '{mode.value}' is not available for MySQL clients yet (issue #12); "
-                f"user '{done.user.name}' needs pool_mode = \"session\"",
+                "pool_mode 'statement' is not available for MySQL clients yet (issue #12); "
+                f'user \'{done.user.name}\' needs pool_mode = "transaction" or "session"',
             )
         self.service.admit(done.user)
         self._counted = True
+        if mode is PoolMode.TRANSACTION:
+            self._start_transaction_pooling(reply, cluster, done)
+            return
         server, pool = await self._acquire(cluster, done.user)
         try:
             await self._prepare(server, done)
@@ -337,6 +345,25 @@ class ClientSession(asyncio.Protocol):
         queued = list(self._packets)
         self._packets.clear()
         for packet in queued:  # a client that pipelined its first command behind the login
+            self._client_packet(packet)
+
+    def _start_transaction_pooling(
+        self, reply: Reply, cluster: MySqlCluster, done: LoggedIn
+    ) -> None:
+        """Transaction pooling: no connection until the first command (mysql/engine.py)."""
+        state = MySessionState(
+            database=cluster.config.server_database,
+            names=self.service.set_names(done.charset),
+        )
+        state.multi_statements_off = not done.capabilities & Capability.MULTI_STATEMENTS
+        self.engine = TxEngine(self, cluster, state)
+        self.reader.max_payload = self.service.settings.max_message_size
+        self.reader.expected_sequence = None
+        self._forwarding = True
+        self._send(reply.packets)
+        queued = list(self._packets)
+        self._packets.clear()
+        for packet in queued:
             self._client_packet(packet)
 
     async def _acquire(
@@ -379,7 +406,12 @@ class ClientSession(asyncio.Protocol):
             self._change_user_packet(packet)
             return
         server = self.server
-        if server is not None and (server.in_flight or self._queue):
+        engine = self.engine
+        if (
+            (engine is not None and engine.busy)
+            or (server is not None and server.in_flight)
+            or self._queue
+        ):
             self._queue.append(packet)
             if len(self._queue) >= MAX_QUEUED_COMMANDS:
                 self._pause_client()
@@ -393,17 +425,31 @@ class ClientSession(asyncio.Protocol):
             return
         self._client_seq = (packet.last_sequence_id + 1) & 0xFF
         code = payload[0]
+        engine = self.engine
         if code == CommandByte.QUIT:
+            if engine is not None:
+                engine.terminate()
+                return
             self._release_server()
             self.close()
-            return
-        if code == CommandByte.CHANGE_USER:
-            self._start_change_user(payload)
             return
         if code in _REPLICATION_COMMANDS:
             self._send_error(
                 ErrorCode.REPLICATION_REFUSED, "dbbalancer does not relay replication commands"
             )
+            return
+        if engine is not None:
+            if code == CommandByte.CHANGE_USER:
+                self._send_error(
+                    ErrorCode.SESSION_STATE_REFUSED,
+                    "COM_CHANGE_USER is not available under transaction pooling (issue #12); "
+                    "reconnect as the other user",
+                )
+                return
+            engine.command(packet)
+            return
+        if code == CommandByte.CHANGE_USER:
+            self._start_change_user(payload)
             return
         if code == CommandByte.INIT_DB or (code == CommandByte.QUERY and _USE.search(payload, 1)):
             self._database_dirty = True
@@ -418,13 +464,56 @@ class ClientSession(asyncio.Protocol):
             self._next_queued()
 
     def _next_queued(self) -> None:
-        server = self.server
-        while self._queue and server is not None and not server.in_flight and not self.closed:
-            if self._infile or self._changing_user:
-                return
-            self._command(self._queue.popleft())
+        engine = self.engine
+        if engine is not None:
+            while self._queue and not engine.busy and not self.closed and not self._infile:
+                self._command(self._queue.popleft())
+        else:
+            server = self.server
+            while self._queue and server is not None and not server.in_flight and not self.closed:
+                if self._infile or self._changing_user:
+                    return
+                self._command(self._queue.popleft())
         if len(self._queue) < MAX_QUEUED_COMMANDS // 2:
             self._resume_client()
+
+    # Transaction pooling: what the engine asks of the session.
+
+    def engine_ready(self) -> None:
+        """The engine may take the next queued command."""
+        self._next_queued()
+
+    def quit(self) -> None:
+        """COM_QUIT under transaction pooling."""
+        self.close()
+
+    def send_to_server(self, packet: Packet) -> None:
+        """Send a client command to the attached connection."""
+        server = self.server
+        if server is None:
+            return
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+        server.send_command(packet.payload)
+
+    def answer_locally(self, packet: Packet, ok: OkPacket | None) -> None:
+        """Answer a command without a server (COM_PING: OK; a COM_STMT_CLOSE: nothing)."""
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+        if ok is not None:
+            done = self.logged_in
+            caps = done.capabilities if done is not None else 0
+            self._send((ok.encode(caps),))
+
+    def answer_error(self, packet: Packet, code: ErrorCode, message: str) -> None:
+        """Answer a command with an ERR (no server could take it)."""
+        log.info("%r: %s", self, message)
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+        self._send_error(code, message)
+
+    def lost_mid_unit(self, message: str) -> None:
+        """The connection of the unit in progress broke: tell the client and close it."""
+        if not self.closed:
+            self._send_error(ErrorCode.SERVER_CONNECTION_LOST, message)
+            self.close()
 
     def _pause_client(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -445,6 +534,9 @@ class ClientSession(asyncio.Protocol):
             return
         tracker = conn.tracker
         phase = tracker.phase if tracker is not None else Phase.DONE
+        engine = self.engine
+        if engine is not None and engine.holding() and not engine.first_packets(conn):
+            return  # a read-only refusal of a replica read: re-run on the primary
         if self._swallow is None:
             if phase is Phase.CLIENT_TURN and packets[-1].payload[:1] == bytes(
                 (_LOCAL_INFILE_REQUEST,)
@@ -458,6 +550,8 @@ class ClientSession(asyncio.Protocol):
             if swallowed is not None:
                 self._swallow = None
                 self._send((swallowed.encode(),))
+            if engine is not None:
+                engine.response_done(conn)
             self._next_queued()
         elif phase is Phase.CLIENT_TURN:
             # Only LOCAL INFILE gives the client a turn in forwarding: COM_CHANGE_USER is
@@ -501,6 +595,9 @@ class ClientSession(asyncio.Protocol):
     def server_lost(self, conn: ServerConnection) -> None:
         """The server connection went away under this client: tell it and close."""
         if conn is not self.server:
+            return
+        if self.engine is not None:
+            self.engine.lost(conn)
             return
         self.server = None
         pool = self.pool
@@ -601,6 +698,10 @@ class ClientSession(asyncio.Protocol):
     def _release_server(self) -> None:
         """Give the server connection back: reset when the client left it between commands,
         dropped when it left in the middle of one."""
+        engine = self.engine
+        if engine is not None:
+            engine.close()
+            return
         server, pool = self.server, self.pool
         self.server = self.pool = None
         if server is None or pool is None:
@@ -623,6 +724,8 @@ class ClientSession(asyncio.Protocol):
         """True between commands outside a transaction (or before login): closing loses
         nothing."""
         server = self.server
+        if self.engine is not None:
+            return not (self.engine.busy or self._queue or (server and server.in_transaction))
         if server is None:
             return True
         return not (server.in_flight or self._infile or self._queue or server.in_transaction)

@@ -272,3 +272,15 @@ def test_a_client_that_leaves_mid_transaction_frees_the_connection(
     with connect(balancer) as b:
         assert one(b, "SELECT @gone") is None
         assert one(b, "SELECT @@in_transaction") == 0
+
+
+def test_last_insert_id_follows_the_client_across_connections(balancer: BalancerThread) -> None:
+    with connect(balancer) as a, connect(balancer) as b:
+        run(a, "CREATE TABLE IF NOT EXISTS pool_ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        run(a, "INSERT INTO pool_ai (v) VALUES (1)")
+        a_id = a.insert_id()
+        run(b, "INSERT INTO pool_ai (v) VALUES (2)")
+        b_id = b.insert_id()
+        assert b_id != a_id
+        assert one(a, "SELECT LAST_INSERT_ID()") == a_id
+        assert one(b, "SELECT LAST_INSERT_ID()") == b_id

@@ -44,7 +44,14 @@ from dbbalancer.core.unitofwork import (
     work_done,
 )
 from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
-from dbbalancer.mysql.codec import CommandByte, ComSetOption, OkPacket, Packet, ServerStatus
+from dbbalancer.mysql.codec import (
+    CommandByte,
+    ComSetOption,
+    OkPacket,
+    Packet,
+    ProtocolError,
+    ServerStatus,
+)
 from dbbalancer.mysql.errors import class_of
 from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
 from dbbalancer.mysql.sessionstate import MySessionState, literal_of
@@ -100,6 +107,7 @@ class TxEngine:
         self.min_position: Position | None = None
         self.hidden_running = False
         self.target_wanted = Target.PRIMARY
+        self.last_insert_id = 0  # to restore on the connection before the next command
 
     # -- the table ------------------------------------------------------------------------
 
@@ -221,9 +229,15 @@ class TxEngine:
     def _route(self) -> None:
         if not self.backlog:
             return
-        target = self._target(self._classify(self.backlog[0]))
+        c = self._classify(self.backlog[0])
+        target = self._target(c)
         runtime = self.cluster.runtime
-        if not self.state.dirty and not self.exclude:
+        self.last_insert_id = 0
+        if c is not None and c.uses_last_result:
+            # The statement asks about the previous one, which ran on a connection that may
+            # have served others since: LAST_INSERT_ID() is given back its value first.
+            self.last_insert_id = self.state.last_insert_id
+        if not self.state.dirty and not self.exclude and not self.last_insert_id:
             user = self.session.user
             assert user is not None
             found = runtime.try_checkout(user.name, target, min_position=self.min_position)
@@ -277,6 +291,9 @@ class TxEngine:
 
     async def _replay(self, conn: ServerConnection) -> None:
         sql = self.state.replay_sql()
+        if self.last_insert_id:
+            restore = f"DO LAST_INSERT_ID({self.last_insert_id})"
+            sql = restore if sql is None else f"{sql}; {restore}"
         if sql is not None:
             await conn.query(sql)
         if self.state.multi_statements_off:
@@ -340,10 +357,18 @@ class TxEngine:
         self.fire(_E.ROWS_SENT)
         return True
 
-    def response_done(self, conn: ServerConnection) -> None:
-        """The response to the command sent is complete: take in what it did; end the unit?"""
+    def response_done(self, conn: ServerConnection, last: bytes = b"") -> None:
+        """The response to the command sent is complete (`last`: its last packet): take in
+        what it did; end the unit?"""
         if conn is not self.conn:
             return
+        if last[:1] == b"\x00":
+            try:
+                inserted = OkPacket.decode(last, conn.capabilities).last_insert_id
+            except ProtocolError:
+                inserted = 0
+            if inserted:
+                self.state.last_insert_id = inserted
         self._learn(conn)
         self.fire(self._work_done(conn))
 

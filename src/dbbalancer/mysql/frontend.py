@@ -551,7 +551,7 @@ class ClientSession(asyncio.Protocol):
                 self._swallow = None
                 self._send((swallowed.encode(),))
             if engine is not None:
-                engine.response_done(conn)
+                engine.response_done(conn, packets[-1].payload)
             self._next_queued()
         elif phase is Phase.CLIENT_TURN:
             # Only LOCAL INFILE gives the client a turn in forwarding: COM_CHANGE_USER is

@@ -194,3 +194,37 @@ def test_read_your_writes_with_a_delayed_replica(mariadb_cluster_factory: Any) -
             if one(conn, f"SELECT COUNT(*) FROM ryw WHERE id = {i}") != 1:
                 misses += 1
         assert misses == 0
+
+
+def test_reads_survive_a_replica_dying(mariadb_cluster_factory: Any) -> None:
+    cluster: MariaDbCluster = mariadb_cluster_factory(replicas=2)
+    config = pooling_config(cluster, extra=SPLIT, primary_only=False).replace(
+        "pool_size = 1", "pool_size = 4"
+    )
+    errors: list[BaseException] = []
+    reads = [0]
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            with connect(thread) as conn:
+                while not stop.is_set():
+                    assert one(conn, "SELECT @@port") > 0
+                    reads[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    with BalancerThread(parse_config(config)) as thread:
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for t in threads:
+            t.start()
+        while reads[0] < 200:
+            time.sleep(0.01)
+        cluster.kill(cluster.replicas[0])
+        done = reads[0]
+        while reads[0] < done + 500 and not errors:
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []

@@ -72,6 +72,8 @@ _NO_RESPONSE: Final = frozenset({CommandByte.STMT_CLOSE, CommandByte.STMT_SEND_L
 _BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
 _MULTI_STATEMENTS_ON: Final = 0
 _MULTI_STATEMENTS_OFF: Final = 1
+# Dead pooled connections skipped in one checkout before the unit fails.
+_CHECKOUT_ATTEMPTS: Final = 4
 
 
 class TxEngine:
@@ -253,13 +255,33 @@ class TxEngine:
         self.fire(_E.CONNECTED_READ if replica else _E.CONNECTED)
 
     async def _acquire(self) -> None:
-        """Check a connection out (waiting if need be) and replay the session on it."""
+        """Check a connection out (waiting if need be) and replay the session on it. A pooled
+        connection found dead (its server went away while it was idle) is dropped and another
+        one taken, on another server for a replica read."""
+        found: tuple[Pool[ServerConnection], ServerConnection, bool] | None = None
+        for _ in range(_CHECKOUT_ATTEMPTS):
+            found = await self._checkout_once()
+            if found is not None or self.failure is not None:
+                break
+        if found is None:
+            if self.failure is None:
+                self.failure = (ErrorCode.SERVER_UNAVAILABLE, "no server connection")
+            if self.unit is not _S.CLOSED:
+                self.fire(_E.NO_SERVER)
+            return
+        self.exclude = frozenset()
+        pool, conn, replica = found
+        self._offered(pool, conn, replica)
+
+    async def _checkout_once(
+        self,
+    ) -> tuple[Pool[ServerConnection], ServerConnection, bool] | None:
+        """One checkout and replay; None with `failure` set when the unit must fail, None
+        without it when the connection died and another may be tried."""
         user = self.session.user
         assert user is not None
         runtime = self.cluster.runtime
         target = self.target_wanted
-        pool: Pool[ServerConnection] | None = None
-        conn: ServerConnection | None = None
         try:
             choice, pool, conn = await runtime.checkout(
                 user.name,
@@ -268,26 +290,30 @@ class TxEngine:
                 min_position=self.min_position if target is Target.REPLICA else None,
                 exclude=self.exclude,
             )
-            await self._replay(conn)
         except PoolTimeout as exc:
             self.failure = (ErrorCode.POOL_TIMEOUT, str(exc))
+            return None
         except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:
             self.failure = (ErrorCode.SERVER_UNAVAILABLE, str(exc))
-        except ServerError as exc:
-            self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"replaying the session: {exc.message}")
+            return None
         except Exception as exc:
             self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"no server connection: {exc}")
-        if self.failure is not None:
-            if pool is not None and conn is not None:
-                await self._give_back(pool, conn, reset=True)
-            if self.unit is _S.CLOSED:
-                return
-            self.fire(_E.NO_SERVER)
-            return
-        assert pool is not None
-        assert conn is not None
-        self.exclude = frozenset()
-        self._offered(pool, conn, runtime.primary() != choice.server)
+            return None
+        replica = runtime.primary() != choice.server
+        try:
+            await self._replay(conn)
+        except ServerError as exc:
+            self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"replaying the session: {exc.message}")
+            await self._give_back(pool, conn, reset=True)
+            return None
+        except Exception as exc:
+            log.info("%r: %r is gone (%s); taking another", self.session, conn, exc)
+            pool.release(conn, reusable=False, reason=DropReason.BROKEN)
+            if replica:
+                self.exclude = self.exclude | {conn.server.name}
+                runtime.report_failure(conn.server)
+            return None
+        return pool, conn, replica
 
     async def _replay(self, conn: ServerConnection) -> None:
         sql = self.state.replay_sql()
@@ -322,6 +348,9 @@ class TxEngine:
             return
         self.sent = packet
         self.sent_class = self._classify(packet)
+        if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
+            self.fire(_E.LOST)
+            return
         self.session.send_to_server(packet)
         if not conn.in_flight:  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
             self.response_done(conn)

@@ -854,8 +854,12 @@ MYSQL = 'postgres = "127.0.0.1:6432"\nmysql = "127.0.0.1:6033"'
 @pytest.mark.parametrize(
     ("cluster", "path", "fragment"),
     [
-        ('protocol = "mysql"\npool_mode = "transaction"', "clusters[0].pool_mode", "issue #12"),
-        ('protocol = "mysql"\nread_write_split = true', "clusters[0].read_write_split", "#12"),
+        ('protocol = "mysql"\npool_mode = "statement"', "clusters[0].pool_mode", "issue #12"),
+        (
+            'protocol = "mysql"\npool_mode = "session"\nread_write_split = true',
+            "clusters[0].read_write_split",
+            "#12",
+        ),
         ("local_infile = true", "clusters[0].local_infile", "MySQL setting"),
     ],
 )

@@ -604,22 +604,25 @@ class ClusterConfig(_Model):
                     'mark one server role = "primary" and the others "replica" or "auto"',
                 )
             )
-        if self.protocol is Protocol.MYSQL and self.pool_mode is not PoolMode.SESSION:
+        if self.protocol is Protocol.MYSQL and self.pool_mode is PoolMode.STATEMENT:
             problems.append(
                 ConfigProblem(
                     "pool_mode",
-                    f"'{self.pool_mode.value}' pooling is not available for MySQL clusters yet "
-                    "(issue #12)",
-                    'use pool_mode = "session"',
+                    "'statement' pooling is not available for MySQL clusters yet (issue #12)",
+                    'use pool_mode = "transaction" or "session"',
                 )
             )
-        if self.protocol is Protocol.MYSQL and self.read_write_split:
+        if (
+            self.protocol is Protocol.MYSQL
+            and self.read_write_split
+            and self.pool_mode is PoolMode.SESSION
+        ):
             problems.append(
                 ConfigProblem(
                     "read_write_split",
-                    "is not available for MySQL clusters yet (issue #12); every statement "
-                    "would go to the primary",
-                    "remove read_write_split or set it to false",
+                    "needs transaction pooling for MySQL clusters (issue #12); under session "
+                    "pooling every statement goes to the primary",
+                    'set pool_mode = "transaction", or remove read_write_split',
                 )
             )
         if self.local_infile and self.protocol is not Protocol.MYSQL:

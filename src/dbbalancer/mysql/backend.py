@@ -158,6 +158,7 @@ class ResultSet:
 
     columns: tuple[str, ...]
     rows: list[tuple[bytes | None, ...]]
+    types: tuple[tuple[int, int], ...] = ()  # (column type, character set) per column
 
     def column(self, *names: str) -> int | None:
         """The index of the first of `names` that is a column (servers rename columns:
@@ -509,7 +510,9 @@ def _result_sets(packets: list[Packet], capabilities: int) -> list[ResultSet]:
         if not head or head[0] in (0x00, 0xFF, 0xFB, 0xFE):
             continue  # an OK (with more results to come), the ERR, a LOCAL INFILE request
         count = ColumnCount.decode(head).count
-        columns = tuple(ColumnDefinition41.decode(take()).name for _ in range(count))
+        definitions = [ColumnDefinition41.decode(take()) for _ in range(count)]
+        columns = tuple(d.name for d in definitions)
+        types = tuple((d.type, d.charset) for d in definitions)
         if not deprecate_eof:
             take()  # the EOF after the definitions
         rows: list[tuple[bytes | None, ...]] = []
@@ -522,7 +525,7 @@ def _result_sets(packets: list[Packet], capabilities: int) -> list[ResultSet]:
             ):
                 break
             rows.append(decode_text_row(payload, count))
-        results.append(ResultSet(columns, rows))
+        results.append(ResultSet(columns, rows, types))
     return results
 
 

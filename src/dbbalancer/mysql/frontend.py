@@ -7,9 +7,11 @@ small limit (PRE_AUTH_MAX_PAYLOAD) before it is buffered, and garbage, an oversi
 an out-of-order packet gets an ERR and the connection closes. The user's database names the
 cluster (a client naming none lands on the user's `default_cluster`, or the only MySQL
 cluster). Then the session checks out a primary connection (session pooling) and forwards:
-one command at a time goes to the server, and the server's packets come back renumbered from
-the client's last sequence id, with `conn.tracker` (a codec.ResponseTracker) saying where each
-response ends. Commands a client pipelines behind one in flight wait in a short queue.
+one command at a time goes to the server (under transaction pooling a `mysql.engine.TxEngine`
+takes the command and picks the connection for each unit of work), and the server's packets
+come back renumbered from the client's last sequence id, with `conn.tracker` (a
+codec.ResponseTracker) saying where each response ends. Commands a client pipelines behind one
+in flight wait in a short queue.
 
 The command phase keeps these to itself:
 
@@ -44,10 +46,13 @@ from dbbalancer.mysql.codec import (
     CommandByte,
     ComSetOption,
     ErrPacket,
+    OkPacket,
     Packet,
     Phase,
     ProtocolError,
 )
+from dbbalancer.mysql.engine import TxEngine
+from dbbalancer.mysql.sessionstate import MySessionState
 from dbbalancer.mysql.startup import (
     MULTI_STATEMENTS_ON,
     PRE_AUTH_MAX_PAYLOAD,
@@ -56,7 +61,8 @@ from dbbalancer.mysql.startup import (
 )
 
 if TYPE_CHECKING:
-    from dbbalancer.mysql.service import MySqlService
+    from dbbalancer.mysql.login import LoggedIn
+    from dbbalancer.mysql.service import MySqlCluster, MySqlService
 
 __all__ = ["PRE_AUTH_MAX_PAYLOAD", "ClientSession", "Refused"]
 
@@ -92,6 +98,8 @@ class ClientSession(ConnectionPhase):
         self._server_seq = 0  # next sequence id toward the server (LOCAL INFILE data)
         self._infile = False  # the client is sending a file
         self._swallow: ErrPacket | None = None  # replace the rest of this response by this ERR
+        # Transaction pooling: the units of work (None under session pooling).
+        self.engine: TxEngine | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -144,6 +152,15 @@ class ClientSession(ConnectionPhase):
         self._release_server()
         self.close()
 
+    def _start_transaction_pooling(self, cluster: MySqlCluster, done: LoggedIn) -> None:
+        """Transaction pooling: no connection until the first command (mysql/engine.py)."""
+        state = MySessionState(
+            database=cluster.config.server_database,
+            names=self.service.set_names(done.charset),
+        )
+        state.multi_statements_off = not done.capabilities & Capability.MULTI_STATEMENTS
+        self.engine = TxEngine(self, cluster, state)
+
     # -- command phase ----------------------------------------------------------------------------
 
     def _client_packet(self, packet: Packet) -> None:
@@ -154,7 +171,12 @@ class ClientSession(ConnectionPhase):
             self._change_user_packet(packet)
             return
         server = self.server
-        if server is not None and (server.in_flight or self._queue):
+        engine = self.engine
+        if (
+            (engine is not None and engine.busy)
+            or (server is not None and server.in_flight)
+            or self._queue
+        ):
             self._queue.append(packet)
             if len(self._queue) >= MAX_QUEUED_COMMANDS:
                 self._pause_client()
@@ -168,17 +190,31 @@ class ClientSession(ConnectionPhase):
             return
         self._client_seq = (packet.last_sequence_id + 1) & 0xFF
         code = payload[0]
+        engine = self.engine
         if code == CommandByte.QUIT:
+            if engine is not None:
+                engine.terminate()
+                return
             self._release_server()
             self.close()
-            return
-        if code == CommandByte.CHANGE_USER:
-            self._start_change_user(payload)
             return
         if code in _REPLICATION_COMMANDS:
             self._send_error(
                 ErrorCode.REPLICATION_REFUSED, "dbbalancer does not relay replication commands"
             )
+            return
+        if engine is not None:
+            if code == CommandByte.CHANGE_USER:
+                self._send_error(
+                    ErrorCode.SESSION_STATE_REFUSED,
+                    "COM_CHANGE_USER is not available under transaction pooling (issue #12); "
+                    "reconnect as the other user",
+                )
+                return
+            engine.command(packet)
+            return
+        if code == CommandByte.CHANGE_USER:
+            self._start_change_user(payload)
             return
         if code == CommandByte.INIT_DB or (code == CommandByte.QUERY and _USE.search(payload, 1)):
             self._database_dirty = True
@@ -193,13 +229,56 @@ class ClientSession(ConnectionPhase):
             self._next_queued()
 
     def _next_queued(self) -> None:
-        server = self.server
-        while self._queue and server is not None and not server.in_flight and not self.closed:
-            if self._infile or self._changing_user:
-                return
-            self._command(self._queue.popleft())
+        engine = self.engine
+        if engine is not None:
+            while self._queue and not engine.busy and not self.closed and not self._infile:
+                self._command(self._queue.popleft())
+        else:
+            server = self.server
+            while self._queue and server is not None and not server.in_flight and not self.closed:
+                if self._infile or self._changing_user:
+                    return
+                self._command(self._queue.popleft())
         if len(self._queue) < MAX_QUEUED_COMMANDS // 2:
             self._resume_client()
+
+    # Transaction pooling: what the engine asks of the session.
+
+    def engine_ready(self) -> None:
+        """The engine may take the next queued command."""
+        self._next_queued()
+
+    def quit(self) -> None:
+        """COM_QUIT under transaction pooling."""
+        self.close()
+
+    def send_to_server(self, packet: Packet) -> None:
+        """Send a client command to the attached connection."""
+        server = self.server
+        if server is None:
+            return
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+        server.send_command(packet.payload)
+
+    def answer_locally(self, packet: Packet, ok: OkPacket | None) -> None:
+        """Answer a command without a server (COM_PING: OK; a COM_STMT_CLOSE: nothing)."""
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+        if ok is not None:
+            done = self.logged_in
+            caps = done.capabilities if done is not None else 0
+            self._send((ok.encode(caps),))
+
+    def answer_error(self, packet: Packet, code: ErrorCode, message: str) -> None:
+        """Answer a command with an ERR (no server could take it)."""
+        log.info("%r: %s", self, message)
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+        self._send_error(code, message)
+
+    def lost_mid_unit(self, message: str) -> None:
+        """The connection of the unit in progress broke: tell the client and close it."""
+        if not self.closed:
+            self._send_error(ErrorCode.SERVER_CONNECTION_LOST, message)
+            self.close()
 
     # ServerSink: called by the attached ServerConnection.
 
@@ -209,6 +288,9 @@ class ClientSession(ConnectionPhase):
             return
         tracker = conn.tracker
         phase = tracker.phase if tracker is not None else Phase.DONE
+        engine = self.engine
+        if engine is not None and engine.holding() and not engine.first_packets(conn):
+            return  # a read-only refusal of a replica read: re-run on the primary
         if self._swallow is None:
             if phase is Phase.CLIENT_TURN and packets[-1].payload[:1] == bytes(
                 (_LOCAL_INFILE_REQUEST,)
@@ -222,6 +304,8 @@ class ClientSession(ConnectionPhase):
             if swallowed is not None:
                 self._swallow = None
                 self._send((swallowed.encode(),))
+            if engine is not None:
+                engine.response_done(conn, packets[-1].payload)
             self._next_queued()
         elif phase is Phase.CLIENT_TURN:
             # Only LOCAL INFILE gives the client a turn in forwarding: COM_CHANGE_USER is
@@ -266,6 +350,9 @@ class ClientSession(ConnectionPhase):
         """The server connection went away under this client: tell it and close."""
         if conn is not self.server:
             return
+        if self.engine is not None:
+            self.engine.lost(conn)
+            return
         self.server = None
         pool = self.pool
         self.pool = None
@@ -287,6 +374,10 @@ class ClientSession(ConnectionPhase):
     def _release_server(self) -> None:
         """Give the server connection back: reset when the client left it between commands,
         dropped when it left in the middle of one."""
+        engine = self.engine
+        if engine is not None:
+            engine.close()
+            return
         server, pool = self.server, self.pool
         self.server = self.pool = None
         if server is None or pool is None:
@@ -309,6 +400,8 @@ class ClientSession(ConnectionPhase):
         """True between commands outside a transaction (or before login): closing loses
         nothing."""
         server = self.server
+        if self.engine is not None:
+            return not (self.engine.busy or self._queue or (server and server.in_transaction))
         if server is None:
             return True
         return not (server.in_flight or self._infile or self._queue or server.in_transaction)

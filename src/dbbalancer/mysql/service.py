@@ -39,6 +39,7 @@ from dbbalancer.core.pool import DropReason, Pool
 from dbbalancer.core.routing import Target
 from dbbalancer.core.topology import Server
 from dbbalancer.mysql.backend import ServerConnection, connect_server
+from dbbalancer.mysql.classify import Classifier
 from dbbalancer.mysql.codec import Capability
 from dbbalancer.mysql.frontend import ClientSession, Refused
 from dbbalancer.mysql.login import OFFERED_CAPABILITIES, ClientLogin, RsaKeys
@@ -108,6 +109,7 @@ class MySqlService:
         self._version_learned = False
         self.server: asyncio.Server | None = None
         self.sessions: set[ClientSession] = set()
+        self.classifier = Classifier()
 
     # -- server connections ---------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ start-up is `postgres.startup`), and what it shares with the command phase.
 numbered with the client's sequence ids, the login coroutine (the exchange itself is sans-IO
 in `mysql.login`) fed through a `PacketInbox`, and the new login of COM_CHANGE_USER. A
 logged-in client gets a primary connection with its character set and statement mode from
-`checkout`, at login and again after COM_CHANGE_USER. The command phase (forwarding,
-LOCAL INFILE, giving the connection back) is in `frontend`.
+`checkout`, at login and again after COM_CHANGE_USER (session pooling); under transaction
+pooling the login ends without one and `mysql.engine` takes a connection per unit of work.
+The command phase (forwarding, LOCAL INFILE, giving the connection back) is in `frontend`.
 """
 
 from __future__ import annotations
@@ -124,15 +125,17 @@ class PacketInbox:
             waiter.set_result(None)
 
 
-def check_pool_mode(cluster: MySqlCluster, user: UserConfig) -> None:
-    """Refuse a user whose pool mode MySQL clients cannot have yet (only session pooling)."""
+def check_pool_mode(cluster: MySqlCluster, user: UserConfig) -> PoolMode:
+    """The user's pool mode; refused when MySQL clients cannot have it yet (statement
+    pooling)."""
     mode = cluster.config.effective_pool_mode(user)
-    if mode is not PoolMode.SESSION:
+    if mode is PoolMode.STATEMENT:
         raise Refused(
             ErrorCode.SESSION_STATE_REFUSED,
-            f"pool_mode '{mode.value}' is not available for MySQL clients yet (issue #12); "
-            f"user '{user.name}' needs pool_mode = \"session\"",
+            "pool_mode 'statement' is not available for MySQL clients yet (issue #12); "
+            f'user \'{user.name}\' needs pool_mode = "transaction" or "session"',
         )
+    return mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,28 +335,31 @@ class ConnectionPhase(asyncio.Protocol):
             self.reader.expected_sequence = self._client_seq
 
     async def _logged_in(self, reply: Reply) -> None:
-        """Pick the cluster, count the client, take a server connection, then send the OK."""
+        """Pick the cluster, count the client, take a server connection (session pooling; under
+        transaction pooling none until the first command), then send the OK."""
         done = reply.accepted
         assert done is not None
         self.logged_in = done
         self.user = done.user
         cluster = self.service.cluster_for(done.user, done.database)
         self.cluster = cluster
-        check_pool_mode(cluster, done.user)
+        mode = check_pool_mode(cluster, done.user)
         self.service.admit(done.user)
         self._counted = True
-        taken = await checkout(self.service, cluster, done)
-        server = taken.server
-        self.server, self.pool = server, taken.pool
-        self._options_dirty = self._options_dirty or taken.options_dirty
+        if mode is PoolMode.TRANSACTION:
+            self._start_transaction_pooling(cluster, done)
+        else:
+            taken = await checkout(self.service, cluster, done)
+            server = taken.server
+            self.server, self.pool = server, taken.pool
+            self._options_dirty = self._options_dirty or taken.options_dirty
+            server.attach(self)
         self.reader.max_payload = self.service.settings.max_message_size
         self.reader.expected_sequence = None
-        server.attach(self)
         self._forwarding = True
         self._send(reply.packets)
-        for (
-            packet
-        ) in self._inbox.take_all():  # a client that pipelined its first command behind the login
+        # A client that pipelined its first command behind the login.
+        for packet in self._inbox.take_all():
             self._client_packet(packet)
 
     # -- COM_CHANGE_USER ----------------------------------------------------------------------
@@ -436,6 +442,11 @@ class ConnectionPhase(asyncio.Protocol):
         self._next_queued()
 
     # -- hooks: the command phase (frontend.ClientSession) --------------------------------------
+
+    def _start_transaction_pooling(self, cluster: MySqlCluster, done: LoggedIn) -> None:
+        """Transaction pooling: set up the units of work (no connection until the first
+        command)."""
+        raise NotImplementedError
 
     def _client_packet(self, packet: Packet) -> None:
         """A packet of the command phase."""

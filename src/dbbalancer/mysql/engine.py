@@ -1,0 +1,364 @@
+"""Transaction pooling and read/write splitting for one MySQL client (issue #12).
+
+The engine drives the protocol-neutral unit-of-work table (`core/unitofwork.py`): a MySQL
+command is a whole request cycle, so every command is the table's QUERY event. A unit of work
+is one command outside a transaction, or a transaction; it ends when the server's last status
+flags say so (SERVER_STATUS_IN_TRANS clear) and nothing keeps the client on its connection
+(`MySessionState.pin_reasons`, and the server's SERVER_STATUS_AUTOCOMMIT: a client with
+autocommit off is held to its connection until it turns it back on).
+
+The client session (`mysql/frontend.py`) hands the engine one command at a time (the others wait
+in its queue until `busy` is false), tells it where each response ends (`response_done`) and
+when the connection is lost (`lost`). The engine runs the table, sends commands, learns from
+responses and runs the hidden end-of-unit requests (user variables read back, the GTID of a
+write for read-your-writes); routing (`core/routing.decide` on `mysql/classify`'s answer),
+checkout with the session state replayed (a dirty session is replayed in the checkout task
+before the table hears CONNECTED), re-runs and giving connections back (reset when the client
+changed session state) are `mysql/checkout.py`'s.
+
+Replica reads are held back until the server's first packet: a read-only refusal (1290, 1792)
+as the whole answer re-runs the command on the primary (and the classifier remembers the
+statement as a write); a replica lost before answering re-runs it on another server.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Final
+
+from dbbalancer.core.errors import ErrorClass
+from dbbalancer.core.pool import Pool
+from dbbalancer.core.position import Position
+from dbbalancer.core.statement import Classification
+from dbbalancer.core.unitofwork import (
+    HOLDS_OUTPUT,
+    RULES,
+    SENDS_FRAMES,
+    Effect,
+    UnitEvent,
+    UnitState,
+    work_done,
+)
+from dbbalancer.mysql.backend import ServerConnection
+from dbbalancer.mysql.checkout import UnitCheckout
+from dbbalancer.mysql.codec import (
+    CommandByte,
+    OkPacket,
+    Packet,
+    ProtocolError,
+    ServerStatus,
+)
+from dbbalancer.mysql.errors import class_of
+from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
+from dbbalancer.mysql.sessionstate import MySessionState, literal_of
+from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF
+
+if TYPE_CHECKING:
+    from dbbalancer.mysql.frontend import ClientSession
+    from dbbalancer.mysql.service import MySqlCluster
+
+__all__ = ["TxEngine"]
+
+log = logging.getLogger(__name__)
+
+_S = UnitState
+_E = UnitEvent
+_F = Effect
+# Commands that get no response: with no connection held they concern nothing on a server.
+_NO_RESPONSE: Final = frozenset({CommandByte.STMT_CLOSE, CommandByte.STMT_SEND_LONG_DATA})
+_BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
+
+
+class TxEngine:
+    """One client's units of work (see the module docstring)."""
+
+    def __init__(
+        self, session: ClientSession, cluster: MySqlCluster, state: MySessionState
+    ) -> None:
+        self.session = session
+        self.cluster = cluster
+        self.state = state
+        self.unit = _S.IDLE
+        self.read_your_writes = cluster.config.read_your_writes
+        self.backlog: collections.deque[Packet] = collections.deque()
+        self.packet: Packet | None = None  # the client command an effect works on
+        self.recorded: Packet | None = None  # a replica read, to re-run elsewhere
+        self.sent: Packet | None = None  # the command whose response is on its way
+        self.sent_class: Classification | None = None
+        self.conn: ServerConnection | None = None
+        self.pool: Pool[ServerConnection] | None = None
+        self.on_primary = False
+        self.held_dirty = False  # the connection carries session state: reset it on release
+        self.wrote = False  # the unit wrote on the primary: learn its position
+        self.min_position: Position | None = None
+        self.hidden_running = False
+        self.last_insert_id = 0  # to restore on the connection before the next command
+        # Routing, checkout, re-runs and giving back (mysql/checkout.py).
+        self.checkout = UnitCheckout(self)
+
+    # -- the table ------------------------------------------------------------------------
+
+    def fire(self, event: UnitEvent) -> None:
+        """Look the event up, enter the next state, carry out the effects in order."""
+        effects, nxt = RULES[self.unit][event]
+        self.unit = nxt
+        for effect in effects:
+            self._do(effect, event)
+
+    def _do(self, effect: Effect, event: UnitEvent) -> None:
+        if effect is _F.WAIT or effect is _F.WAIT_OR_ANSWER:
+            self._wait(answer=effect is _F.WAIT_OR_ANSWER)
+        elif effect is _F.ROUTE:
+            self.checkout.route()
+        elif effect is _F.SEND:
+            self._send()
+        elif effect is _F.RECORD:
+            self.recorded = self.packet
+        elif effect is _F.TERMINATE:
+            self.session.quit()
+        elif effect is _F.ATTACH:
+            self.checkout.attach()
+        elif effect is _F.SEND_BACKLOG:
+            self._send_backlog()
+        elif effect is _F.AWAIT_CONNECTION:
+            self.session.service.spawn(self.checkout.acquire())
+        elif effect is _F.RESUME_READING or effect is _F.DRAIN:
+            self.session.engine_ready()
+        elif effect is _F.FAIL_UNIT:
+            self.checkout.fail_unit()
+        elif effect is _F.RELEASE_UNUSED:
+            self.checkout.release_unused()
+        elif effect is _F.RERUN_ON_PRIMARY:
+            self.checkout.rerun(primary=True)
+        elif effect is _F.RERUN_ELSEWHERE:
+            self.checkout.rerun(primary=False)
+        elif effect is _F.FAIL_LOST:
+            self.checkout.fail_lost()
+        elif effect is _F.SETTLE or effect is _F.ASK_POSITION:
+            if self.unit is _S.SETTLING and not self.hidden_running:
+                self.hidden_running = True
+                self.session.service.spawn(self._hidden())
+        elif effect is _F.KEEP:
+            log.debug("%r: keeps its connection: %s", self.session, self.state.pin_reasons())
+        elif effect is _F.RELEASE or effect is _F.RESET_AND_RELEASE:
+            self.checkout.release()
+        elif effect is _F.GIVE_BACK:
+            self.checkout.release()
+            self.checkout.release_unused()
+        elif effect is _F.LEARN or effect is _F.FLUSH:
+            pass
+        else:
+            log.warning("%r: %s after %s in %s", self.session, effect.name, event.name, self.unit)
+
+    # -- commands -------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while the client's next command must wait in the session's queue."""
+        if self.unit in _BUSY_STATES or self.backlog:
+            return True
+        conn = self.conn
+        return conn is not None and conn.in_flight
+
+    def command(self, packet: Packet) -> None:
+        """A client command (not COM_QUIT / COM_CHANGE_USER): the table's QUERY."""
+        self.packet = packet
+        self.fire(_E.QUERY)
+
+    def terminate(self) -> None:
+        """COM_QUIT."""
+        self.fire(_E.TERMINATE)
+
+    def close(self) -> None:
+        """The client is gone."""
+        self.fire(_E.CLOSE)
+
+    def _wait(self, *, answer: bool) -> None:
+        packet = self.packet
+        if packet is None:
+            return
+        code = packet.payload[0]
+        if answer and not self.backlog:
+            if code == CommandByte.PING:
+                self.session.answer_locally(packet, OkPacket(status_flags=self._status()))
+                return
+            if code in _NO_RESPONSE:
+                self.session.answer_locally(packet, None)
+                return
+        self.backlog.append(packet)
+
+    def _status(self) -> int:
+        return ServerStatus.AUTOCOMMIT
+
+    def classify(self, packet: Packet) -> Classification | None:
+        """The classification of a COM_QUERY (None for the other commands)."""
+        if packet.payload[0] != CommandByte.QUERY:
+            return None
+        return self.session.service.classifier.classify(
+            bytes(packet.payload[1:]).decode("utf-8", "replace")
+        )
+
+    def _send_backlog(self) -> None:
+        while self.backlog and self.unit in SENDS_FRAMES:
+            conn = self.conn
+            if conn is not None and conn.in_flight:
+                return
+            self.packet = self.backlog.popleft()
+            self.fire(_E.QUERY)
+
+    def _send(self) -> None:
+        packet, conn = self.packet, self.conn
+        if packet is None or conn is None:
+            return
+        self.sent = packet
+        self.sent_class = self.classify(packet)
+        if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
+            self.fire(_E.LOST)
+            return
+        self.session.send_to_server(packet)
+        if not conn.in_flight:  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
+            self.response_done(conn)
+
+    # -- responses ------------------------------------------------------------------------
+
+    def holding(self) -> bool:
+        """True while the response of a replica read is held back (it may be re-run)."""
+        return self.unit in HOLDS_OUTPUT
+
+    def first_packets(self, conn: ServerConnection) -> bool:
+        """The held read got its first packets: False when they are a read-only refusal (the
+        read is re-run on the primary and they must not reach the client)."""
+        tracker = conn.tracker
+        if (
+            tracker is not None
+            and tracker.error is not None
+            and tracker.result_sets == 0
+            and class_of(tracker.error.errno) is ErrorClass.READ_ONLY
+        ):
+            self.fire(_E.READ_ONLY_REFUSAL)
+            return False
+        self.fire(_E.ROWS_SENT)
+        return True
+
+    def response_done(self, conn: ServerConnection, last: bytes = b"") -> None:
+        """The response to the command sent is complete (`last`: its last packet): take in
+        what it did; end the unit?"""
+        if conn is not self.conn:
+            return
+        if last[:1] == b"\x00":
+            try:
+                inserted = OkPacket.decode(last, conn.capabilities).last_insert_id
+            except ProtocolError:
+                inserted = 0
+            if inserted:
+                self.state.last_insert_id = inserted
+        self._learn(conn)
+        self.fire(self._work_done(conn))
+
+    def _learn(self, conn: ServerConnection) -> None:
+        packet, c = self.sent, self.sent_class
+        if packet is None:
+            return
+        tracker = conn.tracker
+        ok = tracker is None or tracker.error is None
+        code = packet.payload[0]
+        state = self.state
+        if code == CommandByte.QUERY and c is not None:
+            state.apply(c, bytes(packet.payload[1:]).decode("utf-8", "replace"), ok=ok)
+            if self.on_primary and not c.read_only:
+                self.wrote = True
+        elif not ok:
+            pass
+        elif code == CommandByte.INIT_DB:
+            state.init_db(bytes(packet.payload[1:]).decode("utf-8", "replace"))
+        elif code == CommandByte.STMT_PREPARE and tracker is not None:
+            prepared = tracker.prepare_ok
+            if prepared is not None:
+                state.prepared(prepared.statement_id)
+        elif code == CommandByte.STMT_CLOSE and len(packet.payload) >= 5:
+            state.closed(int.from_bytes(packet.payload[1:5], "little"))
+        elif code == CommandByte.RESET_CONNECTION:
+            state.reset()
+        elif code == CommandByte.SET_OPTION and len(packet.payload) >= 3:
+            option = int.from_bytes(packet.payload[1:3], "little")
+            state.multi_statements_off = option == MULTI_STATEMENTS_OFF
+        else:
+            self.wrote = self.wrote or (self.on_primary and code != CommandByte.PING)
+        self.sent = self.sent_class = None
+
+    def _work_done(self, conn: ServerConnection) -> UnitEvent:
+        state = self.state
+        in_tx = conn.in_transaction
+        if self.hidden_running:
+            read_back = ask = False
+        else:
+            read_back = state.read_back_sql() is not None
+            ask = self.read_your_writes and self.wrote and not in_tx
+        pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT)
+        if not in_tx and not read_back and not ask:
+            self.checkout.force_primary = False
+        return work_done(
+            in_transaction=in_tx,
+            statement_mode=False,
+            read_back=read_back,
+            ask_position=ask,
+            pinned=pinned,
+            home=False,
+            reset=self.held_dirty or state.dirty,
+        )
+
+    async def _hidden(self) -> None:
+        """The end-of-unit requests: user variables read back, the position of a write."""
+        conn = self.conn
+        assert conn is not None
+        state = self.state
+        conn.detach()
+        try:
+            sql = state.read_back_sql()
+            if sql is not None:
+                names = sorted(state.unknown_variables)
+                results = await conn.query_sets(sql)
+                row = results[0].rows[0]
+                types = results[0].types
+                state.learn_read_back(
+                    [
+                        (name, literal_of(value, *types[i]))
+                        for i, (name, value) in enumerate(zip(names, row, strict=True))
+                    ]
+                )
+            if self.read_your_writes and self.wrote:
+                self.wrote = False
+                self.min_position = await self._position(conn)
+        except Exception as exc:
+            log.info("%r: end-of-unit request failed (%s)", self.session, exc)
+            conn.mark_broken()
+        if self.unit is _S.CLOSED:
+            self.hidden_running = False
+            self.checkout.release()
+            return
+        if not conn.broken:
+            conn.attach(self.session)
+        event = self._work_done(conn)
+        self.hidden_running = False
+        self.fire(event)
+
+    async def _position(self, conn: ServerConnection) -> Position | None:
+        if conn.is_mariadb:
+            rows = await conn.query("SELECT @@last_gtid")
+            text = (rows[0][0] or b"").decode("ascii") if rows else ""
+            return MariaDbGtidPos.parse(text) if text else self.min_position
+        rows = await conn.query("SELECT @@global.gtid_executed")
+        text = (rows[0][0] or b"").decode("ascii") if rows else ""
+        return MySqlGtidSet.parse(text)
+
+    # -- failures and re-runs -------------------------------------------------------------
+
+    def lost(self, conn: ServerConnection) -> None:
+        """The server connection broke under this client."""
+        if conn is not self.conn:
+            return
+        self.fire(_E.LOST)
+
+    def __repr__(self) -> str:
+        return f"<TxEngine {self.session!r} {self.unit.name}>"

@@ -1,0 +1,265 @@
+"""What a MySQL client's session holds, so that transaction pooling can move it between server
+connections (issue #12).
+
+A `MySessionState` is told every command's classification and whether the server accepted it
+(`apply`), and answers three questions:
+
+* what to replay on a freshly checked-out connection (`replay_sql`): session variables the client
+  set (SET [SESSION] x = literal, SET NAMES, ...), the current database and user variables
+  (SET @x = <literal>, keeping integers, decimals, doubles, strings, binary strings and NULL);
+* what must be read back at the end of the unit (`read_back_sql`): user variables the server
+  computed (SELECT @x := ..., SET @x = expr, SELECT ... INTO @x), read with `SELECT @x, ...`
+  and remembered as literals (`learn_read_back`);
+* what keeps the client on its connection (`pin_reasons`): temporary tables, GET_LOCK, LOCK
+  TABLES, SQL PREPARE, binary-protocol prepared statements, an open XA branch, HANDLER, settings
+  it cannot replay, autocommit off. Each pin is released when the state that caused it is gone.
+
+Nothing here touches a socket; the engine (`mysql/engine.py`) sends the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Final
+
+from dbbalancer.core.statement import Classification, PinReason, SettingChange, UnpinEvent
+
+__all__ = ["MySessionState", "literal_of", "quote_string"]
+
+# Setting names the engine manages itself: autocommit is a pin, not a replayed value.
+_NOT_REPLAYED: Final = frozenset({"autocommit"})
+_NUMBER: Final = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
+_CREATE_TEMP: Final = re.compile(
+    r"(?is)^\s*create\s+(?:or\s+replace\s+)?temporary\s+table\s+(?:if\s+not\s+exists\s+)?"
+    r"((?:`[^`]+`|[\w$]+)(?:\s*\.\s*(?:`[^`]+`|[\w$]+))?)"
+)
+# Column types of a read-back (Protocol::ColumnType).
+_INTEGER_TYPES: Final = frozenset({1, 2, 3, 8, 9})  # TINY SHORT LONG LONGLONG INT24
+_DECIMAL_TYPES: Final = frozenset({0, 246})  # DECIMAL NEWDECIMAL
+_FLOAT_TYPES: Final = frozenset({4, 5})  # FLOAT DOUBLE
+_BINARY_CHARSET: Final = 63
+
+
+def quote_string(text: str) -> str:
+    """A string literal that reads the same under any sql_mode (hex, then converted)."""
+    return f"CONVERT(X'{text.encode('utf-8').hex()}' USING utf8mb4)"
+
+
+def literal_of(value: bytes | None, column_type: int, charset: int) -> str:
+    """The SQL literal that gives a user variable back the value (and type) a read-back
+    returned as text."""
+    if value is None:
+        return "NULL"
+    if column_type in _INTEGER_TYPES or column_type in _DECIMAL_TYPES:
+        text = value.decode("ascii")
+        if _NUMBER.fullmatch(text):
+            return text
+    if column_type in _FLOAT_TYPES:
+        text = value.decode("ascii")
+        if _NUMBER.fullmatch(text):
+            return text if "e" in text.lower() else f"{text}e0"
+    if charset == _BINARY_CHARSET:
+        return f"X'{value.hex()}'"
+    return quote_string(value.decode("utf-8", "replace"))
+
+
+def _setting_literal(value: str) -> str:
+    return value if _NUMBER.fullmatch(value) else quote_string(value)
+
+
+def _name(raw: str) -> str:
+    return "".join(part.strip().strip("`") for part in raw.split(".")).lower()
+
+
+class MySessionState:
+    """One client's session state (see the module docstring)."""
+
+    def __init__(self, *, database: str, names: str | None) -> None:
+        self.home_database = database
+        self.database = database
+        # SET NAMES for the client's handshake collation (None: the pooled connections' own).
+        self.names = names
+        self.settings: dict[str, str] = {}
+        self.variables: dict[str, str] = {}  # user variable -> SQL literal
+        self.unknown_variables: set[str] = set()  # computed by the server: read back
+        self.pins: Counter[tuple[PinReason, str]] = Counter()
+        self.statements: set[int] = set()  # binary-protocol statement ids
+        self.autocommit_off = False
+        self.multi_statements_off = False
+        self.last_insert_id = 0
+
+    # -- what the client did --------------------------------------------------------------
+
+    def apply(self, c: Classification, sql: str, *, ok: bool) -> None:
+        """Take in a COM_QUERY's effects once the server answered (`ok`: without ERR). A
+        statement that failed changed nothing, except in a multi-statement string, where the
+        statements before the failing one ran: what they did is not known exactly, so the
+        client is pinned."""
+        if not ok:
+            if c.statements > 1 and (c.settings or c.user_variables or c.pins or c.unpins):
+                self.pins[PinReason.UNTRACKED_SETTING, ""] += 1
+            return
+        parts = c.parts or (c,)
+        texts = [sql] if len(parts) == 1 else [""] * len(parts)
+        for part, text in zip(parts, texts, strict=True):
+            self._apply_one(part, text)
+
+    def _apply_one(self, c: Classification, sql: str) -> None:
+        for setting in c.settings:
+            self._setting(setting)
+        if c.autocommit is not None:
+            self.autocommit_off = not c.autocommit
+        for variable in c.user_variables:
+            name = variable.name.lower()
+            if variable.value is None:
+                self.unknown_variables.add(name)
+                self.variables.pop(name, None)
+            else:
+                self.variables[name] = variable.value
+                self.unknown_variables.discard(name)
+        if c.database is not None:
+            self.database = c.database
+        for pin in c.pins:
+            target = ""
+            if pin is PinReason.TEMP_TABLE:
+                found = _CREATE_TEMP.match(sql)
+                target = _name(found.group(1)) if found else "?"  # unnamed: never unpinned
+            elif pin is PinReason.SQL_PREPARE:
+                target = (c.prepared_name or "?").lower()
+            elif pin is PinReason.DISTRIBUTED_TRANSACTION or pin is PinReason.OPEN_CURSOR:
+                target = (c.target or "?").lower()
+            key = (pin, target)
+            if pin is PinReason.SQL_PREPARE or pin is PinReason.TEMP_TABLE:
+                self.pins[key] = 1
+            else:
+                self.pins[key] += 1
+        for unpin in c.unpins:
+            self._unpin(unpin, c)
+
+    def _setting(self, setting: SettingChange) -> None:
+        if setting.name in _NOT_REPLAYED:
+            return
+        if setting.value is None:  # DEFAULT: the pooled connection's value after a reset
+            self.settings.pop(setting.name, None)
+        else:
+            self.settings[setting.name] = setting.value
+
+    def _drop(self, reason: PinReason, target: str | None) -> None:
+        if target is None:
+            for key in [k for k in self.pins if k[0] is reason]:
+                del self.pins[key]
+            return
+        key = (reason, target)
+        if key in self.pins:
+            self.pins[key] -= 1
+            if self.pins[key] <= 0:
+                del self.pins[key]
+
+    def _unpin(self, unpin: UnpinEvent, c: Classification) -> None:
+        target = c.target.lower() if c.target else None
+        if unpin is UnpinEvent.DROP_TEMP_TABLE:
+            if target is not None:
+                self._drop(PinReason.TEMP_TABLE, _name(target))
+        elif unpin is UnpinEvent.ADVISORY_UNLOCK:
+            # GET_LOCK is counted (locks nest); RELEASE_LOCK undoes one.
+            self._drop(PinReason.ADVISORY_LOCK, "")
+        elif unpin is UnpinEvent.ADVISORY_UNLOCK_ALL:
+            self._drop(PinReason.ADVISORY_LOCK, None)
+        elif unpin is UnpinEvent.TABLE_UNLOCK_ALL:
+            self._drop(PinReason.TABLE_LOCK, None)
+        elif unpin is UnpinEvent.DEALLOCATE:
+            name = (c.prepared_name or c.target or "").lower()
+            if name:
+                self._drop(PinReason.SQL_PREPARE, name)
+        elif unpin is UnpinEvent.END_DISTRIBUTED_TRANSACTION:
+            self._drop(PinReason.DISTRIBUTED_TRANSACTION, None)
+        elif unpin is UnpinEvent.CLOSE_CURSOR and target is not None:
+            self._drop(PinReason.OPEN_CURSOR, target)
+
+    def init_db(self, database: str) -> None:
+        """COM_INIT_DB succeeded."""
+        self.database = database
+
+    def prepared(self, statement_id: int) -> None:
+        """COM_STMT_PREPARE succeeded."""
+        self.statements.add(statement_id)
+
+    def closed(self, statement_id: int) -> None:
+        """COM_STMT_CLOSE."""
+        self.statements.discard(statement_id)
+
+    def reset(self) -> None:
+        """COM_RESET_CONNECTION succeeded: the server forgot everything but the database."""
+        self.settings.clear()
+        self.variables.clear()
+        self.unknown_variables.clear()
+        self.pins.clear()
+        self.statements.clear()
+        self.autocommit_off = False
+        self.last_insert_id = 0
+
+    # -- what pooling needs ---------------------------------------------------------------
+
+    def pin_reasons(self) -> list[str]:
+        """Why the client must keep its connection now (empty: it may go back)."""
+        reasons = sorted({reason.value for reason, _ in self.pins})
+        if self.statements:
+            reasons.append("prepared_statement")
+        if self.autocommit_off:
+            reasons.append("autocommit_off")
+        return reasons
+
+    @property
+    def pinned(self) -> bool:
+        """True while session state keeps the client on its connection."""
+        return bool(self.pins or self.statements or self.autocommit_off)
+
+    @property
+    def dirty(self) -> bool:
+        """True when a connection that ran this client's units differs from a pooled one."""
+        return bool(
+            self.settings
+            or self.variables
+            or self.names
+            or self.database != self.home_database
+            or self.multi_statements_off
+        )
+
+    def replay_sql(self) -> str | None:
+        """One multi-statement string that gives a reset pooled connection this session."""
+        parts: list[str] = []
+        if self.names is not None:
+            parts.append(self.names)
+        if self.database != self.home_database:
+            parts.append("USE `" + self.database.replace("`", "``") + "`")
+        if self.settings:
+            parts.append(
+                "SET "
+                + ", ".join(
+                    f"SESSION {name} = {_setting_literal(value)}"
+                    for name, value in self.settings.items()
+                )
+            )
+        if self.variables:
+            parts.append(
+                "SET "
+                + ", ".join(
+                    f"@`{name.replace('`', '``')}` = {value}"
+                    for name, value in self.variables.items()
+                )
+            )
+        return "; ".join(parts) if parts else None
+
+    def read_back_sql(self) -> str | None:
+        """The hidden SELECT that reads the user variables the server computed, or None."""
+        if not self.unknown_variables:
+            return None
+        names = sorted(self.unknown_variables)
+        return "SELECT " + ", ".join(f"@`{n.replace('`', '``')}`" for n in names)
+
+    def learn_read_back(self, values: list[tuple[str, str]]) -> None:
+        """Remember the read-back variables' values as (name, literal)."""
+        for name, literal in values:
+            self.variables[name] = literal
+            self.unknown_variables.discard(name)

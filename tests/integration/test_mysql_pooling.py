@@ -1,0 +1,286 @@
+"""Transaction pooling for MySQL clients (issue #12), against a real MariaDB primary.
+
+pool_size = 1: every client shares one server connection, so whatever one client's session
+state leaks, the other sees. Real clients: PyMySQL, mysql-connector-python and the mysql CLI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mysql.connector
+import pymysql
+import pytest
+
+from dbbalancer.config.loader import parse_config
+from dbbalancer.testing.balancer import BalancerThread
+from dbbalancer.testing.mariadbcluster import MariaDbCluster
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def pooling_config(cluster: MariaDbCluster, *, extra: str = "", primary_only: bool = True) -> str:
+    """TOML for one MySQL cluster "app" with transaction pooling."""
+    nodes = [cluster.primary] if primary_only else list(cluster.nodes)
+    servers = "\n".join(
+        f'[[clusters.servers]]\nname = "{node.name}"\naddress = "{node.address()}"\n'
+        f'role = "{"primary" if node == cluster.primary else "replica"}"\n'
+        for node in nodes
+    )
+    return f"""
+[listen]
+mysql = "127.0.0.1:0"
+
+[[users]]
+name = "{cluster.user}"
+password = "{cluster.password}"
+auth = "mysql_native_password"
+
+[[clusters]]
+name = "app"
+protocol = "mysql"
+database = "{cluster.database}"
+pool_mode = "transaction"
+pool_size = 1
+query_wait_timeout = "30s"
+{extra}
+
+{servers}
+"""
+
+
+@pytest.fixture(scope="module")
+def balancer(mariadb_cluster: MariaDbCluster) -> Iterator[BalancerThread]:
+    mariadb_cluster.sql(
+        mariadb_cluster.primary,
+        "SET SESSION sql_log_bin = 0; CREATE DATABASE IF NOT EXISTS other; "
+        f"GRANT ALL PRIVILEGES ON other.* TO '{mariadb_cluster.user}'@'127.0.0.1'",
+    )
+    with BalancerThread(parse_config(pooling_config(mariadb_cluster))) as thread:
+        yield thread
+
+
+def port_of(balancer: BalancerThread) -> int:
+    address = balancer.app.mysql_address
+    assert address is not None
+    return address[1]
+
+
+def connect(balancer: BalancerThread, **kwargs: Any) -> pymysql.Connection[Any]:
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port_of(balancer),
+        "user": "app",
+        "password": "app",
+        "database": "app",
+        "connect_timeout": 10,
+        "read_timeout": 60,
+        "autocommit": True,
+    }
+    options.update(kwargs)
+    return pymysql.connect(**options)
+
+
+def one(conn: Any, sql: str) -> Any:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+        row = cur.fetchone()
+        assert row is not None
+        return row[0]
+    finally:
+        cur.close()
+
+
+def run(conn: Any, sql: str) -> None:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+    finally:
+        cur.close()
+
+
+def test_two_clients_share_one_connection_without_seeing_each_others_session(
+    balancer: BalancerThread,
+) -> None:
+    with connect(balancer) as a, connect(balancer) as b:
+        a_id = one(a, "SELECT CONNECTION_ID()")
+        assert one(b, "SELECT CONNECTION_ID()") == a_id  # one pooled connection
+        run(a, "SET SESSION sql_mode = 'ANSI_QUOTES'")
+        run(a, "SET @x = 42, @s = 'hello', @n = NULL, @d = 1.50, @b = X'00ff'")
+        run(a, "USE other")
+        run(a, "SET time_zone = '+05:00'")
+        assert one(b, "SELECT @@sql_mode") != "ANSI_QUOTES"
+        assert one(b, "SELECT @x") is None
+        assert one(b, "SELECT DATABASE()") == "app"
+        assert one(b, "SELECT @@time_zone") != "+05:00"
+        assert one(a, "SELECT @@sql_mode") == "ANSI_QUOTES"
+        assert one(a, "SELECT @x") == 42
+        assert one(a, "SELECT @s") == "hello"
+        assert one(a, "SELECT @n") is None
+        assert str(one(a, "SELECT @d")) == "1.50"
+        assert one(a, "SELECT @b") == b"\x00\xff"
+        assert one(a, "SELECT DATABASE()") == "other"
+        assert one(a, "SELECT @@time_zone") == "+05:00"
+        assert one(a, "SELECT CONNECTION_ID()") == a_id
+
+
+def test_computed_user_variables_are_read_back_and_keep_their_type(
+    balancer: BalancerThread,
+) -> None:
+    with connect(balancer) as a, connect(balancer) as b:
+        assert one(a, "SELECT @i := 6 * 7") == 42
+        run(a, "SET @t = CONCAT('a', 'b'), @f = 1e0 / 4")
+        run(a, "SELECT 10 INTO @into")
+        assert one(b, "SELECT @i") is None
+        assert one(a, "SELECT @i + 1") == 43
+        assert one(a, "SELECT @t") == "ab"
+        assert one(a, "SELECT @f") == 0.25
+        assert one(a, "SELECT @into") == 10
+
+
+def test_temporary_tables_pin_until_dropped(balancer: BalancerThread) -> None:
+    with connect(balancer) as a, connect(balancer, read_timeout=5) as b:
+        run(a, "CREATE TEMPORARY TABLE tmp_a (x INT)")
+        run(a, "INSERT INTO tmp_a VALUES (1)")
+        assert one(a, "SELECT COUNT(*) FROM tmp_a") == 1
+        run(a, "DROP TEMPORARY TABLE tmp_a")
+        # a released the only connection: b gets it, and sees no temp table.
+        with pytest.raises(pymysql.err.ProgrammingError):
+            run(b, "SELECT * FROM tmp_a")
+
+
+def test_autocommit_off_holds_the_connection_until_commit(balancer: BalancerThread) -> None:
+    with connect(balancer) as a:
+        run(a, "CREATE TABLE IF NOT EXISTS pool_ac (x INT)")
+        run(a, "DELETE FROM pool_ac")
+        run(a, "SET autocommit = 0")
+        run(a, "INSERT INTO pool_ac VALUES (1)")
+        assert one(a, "SELECT COUNT(*) FROM pool_ac") == 1
+        run(a, "ROLLBACK")
+        assert one(a, "SELECT COUNT(*) FROM pool_ac") == 0
+        run(a, "INSERT INTO pool_ac VALUES (2)")
+        run(a, "COMMIT")
+        run(a, "SET autocommit = 1")
+        with connect(balancer) as b:
+            assert one(b, "SELECT COUNT(*) FROM pool_ac") == 1
+            assert one(b, "SELECT @@autocommit") == 1
+
+
+def test_transaction_keeps_its_connection_and_others_wait(balancer: BalancerThread) -> None:
+    with connect(balancer) as a, connect(balancer) as b:
+        run(a, "CREATE TABLE IF NOT EXISTS pool_tx (x INT)")
+        run(a, "START TRANSACTION")
+        run(a, "INSERT INTO pool_tx VALUES (1)")
+        run(a, "SET @in_tx = 5")
+        run(a, "COMMIT")
+        assert one(b, "SELECT @in_tx") is None
+        assert one(a, "SELECT @in_tx") == 5
+
+
+def test_get_lock_pins_until_released(balancer: BalancerThread) -> None:
+    with connect(balancer) as a:
+        assert one(a, "SELECT GET_LOCK('pool_lock', 1)") == 1
+        assert one(a, "SELECT IS_USED_LOCK('pool_lock') = CONNECTION_ID()") == 1
+        assert one(a, "SELECT RELEASE_LOCK('pool_lock')") == 1
+        with connect(balancer) as b:
+            assert one(b, "SELECT IS_FREE_LOCK('pool_lock')") == 1
+
+
+def test_binary_prepared_statements_pin_until_closed(balancer: BalancerThread) -> None:
+    cnx = mysql.connector.connect(
+        host="127.0.0.1",
+        port=port_of(balancer),
+        user="app",
+        password="app",
+        database="app",
+        ssl_disabled=True,
+        autocommit=True,
+    )
+    try:
+        cur = cnx.cursor(prepared=True)
+        cur.execute("SELECT ? + 1", (41,))
+        assert cur.fetchone() == (42,)
+        cur.execute("SELECT ? + 1", (1,))
+        assert cur.fetchone() == (2,)
+        cur.close()
+        plain = cnx.cursor()
+        plain.execute("SET @after_prepare = 3")
+        plain.execute("SELECT @after_prepare")
+        assert plain.fetchone() == (3,)
+        plain.close()
+    finally:
+        cnx.close()
+    with connect(balancer) as b:
+        assert one(b, "SELECT 1") == 1
+
+
+def test_mysql_connector_and_cli_through_transaction_pooling(
+    balancer: BalancerThread, tmp_path: Path
+) -> None:
+    cnx = mysql.connector.connect(
+        host="127.0.0.1",
+        port=port_of(balancer),
+        user="app",
+        password="app",
+        database="app",
+        ssl_disabled=True,
+    )
+    try:
+        cur = cnx.cursor()
+        cur.execute("SET @c = 'connector'")
+        cur.execute("SELECT @c, DATABASE()")
+        assert cur.fetchone() == ("connector", "app")
+        cur.close()
+    finally:
+        cnx.close()
+    out = subprocess.run(
+        [
+            "mysql",
+            "--no-defaults",
+            "--skip-ssl",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            str(port_of(balancer)),
+            "-u",
+            "app",
+            "-papp",
+            "app",
+            "-N",
+            "-e",
+            "SET @v = 7; SELECT @v * 6; USE other; SELECT DATABASE()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == ["42", "other"]
+
+
+def test_a_client_that_leaves_mid_transaction_frees_the_connection(
+    balancer: BalancerThread,
+) -> None:
+    a = connect(balancer)
+    run(a, "START TRANSACTION")
+    run(a, "SET @gone = 1")
+    a.close()
+    with connect(balancer) as b:
+        assert one(b, "SELECT @gone") is None
+        assert one(b, "SELECT @@in_transaction") == 0
+
+
+def test_last_insert_id_follows_the_client_across_connections(balancer: BalancerThread) -> None:
+    with connect(balancer) as a, connect(balancer) as b:
+        run(a, "CREATE TABLE IF NOT EXISTS pool_ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        run(a, "INSERT INTO pool_ai (v) VALUES (1)")
+        a_id = a.insert_id()
+        run(b, "INSERT INTO pool_ai (v) VALUES (2)")
+        b_id = b.insert_id()
+        assert b_id != a_id
+        assert one(a, "SELECT LAST_INSERT_ID()") == a_id
+        assert one(b, "SELECT LAST_INSERT_ID()") == b_id

@@ -608,18 +608,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     [
         ("16 MB claim", b"\xff\xff\xff\x00" + b"A" * 100, b"exceeds the limit"),
         ("empty command", b"\x00\x00\x00\x00", b"empty command packet"),
-        pytest.param(
-            "garbage",
-            b"\x05\x00\x00\x01hello world, not mysql",
-            b"out of order",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TimeoutError,
-                reason="after login mysql/frontend.py does not check that a command starts at "
-                "sequence id 0: 'hello' reaches the server as command 0x68, and the next "
-                "header (' wor', 7.3 MB) is waited for (see docs/mysql.md)",
-            ),
-        ),
+        ("garbage", b"\x05\x00\x00\x01hello world, not mysql", b"out of order"),
     ],
 )
 def test_garbage_after_login_gets_an_error_and_a_closed_socket(

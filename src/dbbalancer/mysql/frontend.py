@@ -170,6 +170,17 @@ class ClientSession(ConnectionPhase):
         if self._changing_user:
             self._change_user_packet(packet)
             return
+        if packet.sequence_id != 0:
+            # Every command starts a new exchange at sequence id 0: anything else is not a
+            # MySQL client speaking (or one that lost its place), and the bytes after it cannot
+            # be trusted to frame the next packets.
+            self._client_seq = (packet.last_sequence_id + 1) & 0xFF
+            self._fail(
+                ErrorCode.PROTOCOL_VIOLATION,
+                f"packets out of order: a command must start with sequence id 0, "
+                f"not {packet.sequence_id}",
+            )
+            return
         server = self.server
         engine = self.engine
         if (
@@ -185,10 +196,10 @@ class ClientSession(ConnectionPhase):
 
     def _command(self, packet: Packet) -> None:
         payload = packet.payload
+        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
         if not payload:
             self._fail(ErrorCode.PROTOCOL_VIOLATION, "empty command packet")
             return
-        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
         code = payload[0]
         engine = self.engine
         if code == CommandByte.QUIT:

@@ -33,9 +33,15 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="start a local primary + 2 replicas and the balancer, and show routing",
+        help="start local PostgreSQL and MariaDB primaries + replicas and the balancer, "
+        "and show routing",
     )
-    demo.add_argument("--port", type=int, default=6432, help="balancer port (0: any free port)")
+    demo.add_argument(
+        "--port", type=int, default=6432, help="PostgreSQL listener port (0: any free port)"
+    )
+    demo.add_argument(
+        "--mysql-port", type=int, default=6033, help="MySQL listener port (0: any free port)"
+    )
     demo.add_argument(
         "--once", action="store_true", help="run the workload, then stop (do not wait for Ctrl-C)"
     )
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from dbbalancer.demo import run_demo
 
         _setup_logging("warning")
-        return run_demo(port=args.port, once=args.once)
+        return run_demo(port=args.port, mysql_port=args.mysql_port, once=args.once)
 
     from dbbalancer.config import Config
 

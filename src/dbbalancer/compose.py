@@ -264,9 +264,20 @@ def replica_policy(cluster: ClusterConfig) -> ReplicaPolicy:
     )
 
 
-def probe_user(config: Config) -> UserConfig | None:
-    """The user whose credentials the health probes log in with (the first one listed)."""
-    return config.users[0] if config.users else None
+def probe_user(config: Config, cluster: ClusterConfig) -> UserConfig | None:
+    """The user whose credentials the health probes of `cluster` log in with: the first user
+    whose `default_cluster` is it, else the first whose authentication method is of the
+    cluster's protocol (a MySQL plugin for a MySQL cluster, a PostgreSQL method otherwise), else
+    the first one listed."""
+    users = config.users
+    for user in users:
+        if user.default_cluster == cluster.name:
+            return user
+    mysql = cluster.protocol is Protocol.MYSQL
+    for user in users:
+        if user.auth.is_mysql == mysql:
+            return user
+    return users[0] if users else None
 
 
 def build_cluster(
@@ -301,7 +312,7 @@ def build_cluster(
         policy=replica_policy(cluster),
         clock=clock,
     )
-    prober_user = probe_user(config)
+    prober_user = probe_user(config, cluster)
     if prober_user is not None:
         runtime.monitor = HealthMonitor(
             cluster.name,

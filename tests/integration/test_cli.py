@@ -114,10 +114,15 @@ def test_run_serves_reloads_and_stops_on_sigterm(pg_cluster: PgCluster, tmp_path
 
 @pytest.mark.timeout(180)
 def test_demo_runs_once() -> None:
-    result = run_cli("demo", "--once", "--port", "0", timeout=170)
+    result = run_cli("demo", "--once", "--port", "0", "--mysql-port", "0", timeout=170)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "served by" in result.stdout
     assert "psql" in result.stdout
+    # The MySQL part: routing shown with the mysql client's connection line.
+    assert "mysql -h" in result.stdout
+    mysql_part = result.stdout.split("MySQL (MariaDB):", 1)[1]
+    assert "insert                 primary" in mysql_part
+    assert "select (autocommit=0)  primary" in mysql_part
     assert "stopped" in result.stdout
 
 

@@ -29,6 +29,7 @@ from dbbalancer.compose import (
     TooManyClients,
     build_cluster,
     drain_sessions,
+    probe_user,
     reset_and_release,
     start_monitors,
 )
@@ -244,10 +245,10 @@ class MySqlService:
         await self._learn_version(first_round_limit)
 
     async def _learn_version(self, limit: float) -> None:
-        user = self.config.users[0] if self.config.users else None
-        if user is None:
-            return
         for cluster in self._clusters.values():
+            user = probe_user(self.config, cluster.config)
+            if user is None:
+                return
             try:
                 async with asyncio.timeout(limit):
                     _, pool, conn = await cluster.runtime.checkout(

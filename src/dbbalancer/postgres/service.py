@@ -122,7 +122,7 @@ class PostgresService:
         self, cluster: ClusterConfig, runtime: Cluster[ServerConnection], classifier: Classifier
     ) -> None:
         """Learn function volatility from the primary, logging in as the probes do."""
-        user = probe_user(self.config)
+        user = probe_user(self.config, cluster)
         if user is None:
             return
         self._volatility[cluster.name] = VolatilityLoader(

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # run against it, the development checkout itself stays pure Python.
 COMPILED := build/compiled
 
-.PHONY: setup demo test test-fast lint typecheck compile bench clean
+.PHONY: setup demo test test-fast lint typecheck compile bench bench-mysql clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -34,9 +34,15 @@ compile: setup
 test: setup lint typecheck compile
 	DBBALANCER_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED) $(BIN)/pytest -q tests
 
+# Both parts: pgbench (PostgreSQL) then sysbench (MariaDB); `bench-mysql` runs only the MySQL
+# part and keeps the PostgreSQL results already in docs/benchmarks.md.
 bench: compile
 	@bash scripts/bootstrap.sh bench
 	PYTHONPATH=$(COMPILED) $(BIN)/python -m bench.run
+
+bench-mysql: compile
+	@bash scripts/bootstrap.sh bench
+	PYTHONPATH=$(COMPILED) $(BIN)/python -m bench.run --no-postgres
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import math
 import os
+import platform
 import re
 import shutil
 import signal
@@ -32,6 +33,7 @@ __all__ = [
     "Workload",
     "cpu_seconds",
     "descendants",
+    "machine_info",
     "measure_idle_clients",
     "parse_latency_lines",
     "parse_pgbench_summary",
@@ -170,6 +172,28 @@ def peak_rss_kb(pids: Iterable[int]) -> int | None:
     """Peak resident set size (``VmHWM``) summed over the processes, in KiB."""
     values = [v for v in (_status_kb(p, "VmHWM") for p in pids) if v is not None]
     return sum(values) if values else None
+
+
+def machine_info(note: str) -> dict[str, str]:
+    """CPU count and model, memory and kernel of this machine, for a report; ``note`` last."""
+    model = "unknown"
+    memory = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return {
+        "nproc": str(os.cpu_count()),
+        "CPU": model,
+        "memory": memory,
+        "kernel": platform.release(),
+        "note": note,
+    }
 
 
 # --------------------------------------------------------------------------------- pgbench

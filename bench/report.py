@@ -11,11 +11,14 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from bench.measure import IdleResult, PgbenchResult, Workload
 
 __all__ = [
     "Case",
+    "ChartBar",
+    "ChartCase",
     "Goal",
     "ReportMeta",
     "RunRecord",
@@ -476,13 +479,33 @@ def _mb(kb: int | None) -> str:
 # --------------------------------------------------------------------------------- chart
 
 
+class ChartCase(Protocol):
+    """A case as the chart sees it: a label on the x axis."""
+
+    @property
+    def label(self) -> str: ...
+
+
+class ChartBar(Protocol):
+    """A target on a case as the chart sees it: its TPS ratio and CPU per transaction."""
+
+    @property
+    def ratio_direct(self) -> float | None: ...
+
+    @property
+    def cpu_us_per_tx(self) -> float | None: ...
+
+
 def render_chart(
     path: Path,
-    cases: Sequence[Case],
+    cases: Sequence[ChartCase],
     targets: Sequence[str],
-    summaries: Mapping[tuple[str, str], Summary],
+    summaries: Mapping[tuple[str, str], ChartBar],
+    *,
+    baseline: str = "direct",
+    title: str = "bench results chart",
 ) -> None:
-    """Grouped bars: TPS ratio to direct (top) and proxy CPU us/transaction (bottom)."""
+    """Grouped bars: TPS ratio to ``baseline`` (top) and proxy CPU us/transaction (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,7 +514,7 @@ def render_chart(
     labels = [case.label for case in cases]
     shown = [t for t in targets if any(summaries.get((c, t)) for c in labels)]
     width = 0.8 / max(1, len(shown))
-    # Fixed colours per target: the CPU panel skips "direct", and must not shift the palette.
+    # Fixed colours per target: the CPU panel skips the baseline, and must not shift the palette.
     palette = plt.get_cmap("tab10")
     colours = {target: palette(index % 10) for index, target in enumerate(targets)}
     fig, (top, bottom) = plt.subplots(
@@ -503,11 +526,11 @@ def render_chart(
         ratios = [_zero(summaries.get((c, target)), "ratio_direct") for c in labels]
         cpu = [_zero(summaries.get((c, target)), "cpu_us_per_tx") for c in labels]
         top.bar(offsets, ratios, width, label=target, color=colours[target])
-        if target != "direct":
+        if target != baseline:
             bottom.bar(offsets, cpu, width, label=target, color=colours[target])
     top.axhline(1.0, color="black", linewidth=0.8)
-    top.set_ylabel("TPS / direct TPS")
-    top.set_title("bench results chart: TPS ratio to direct (median over rounds)")
+    top.set_ylabel(f"TPS / {baseline} TPS")
+    top.set_title(f"{title}: TPS ratio to {baseline} (median over rounds)")
     bottom.set_ylabel("proxy CPU us / transaction (log scale)")
     # Reconnecting clients cost 100x a query (SCRAM per login): only a log scale shows both.
     bottom.set_yscale("log")
@@ -521,7 +544,7 @@ def render_chart(
     plt.close(fig)
 
 
-def _zero(summary: Summary | None, attribute: str) -> float:
+def _zero(summary: ChartBar | None, attribute: str) -> float:
     if summary is None:
         return 0.0
     value = getattr(summary, attribute)

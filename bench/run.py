@@ -1,7 +1,12 @@
-"""Macro benchmark: pgbench through direct, PgBouncer, HAProxy and dbbalancer, side by side.
+"""Macro benchmark: pgbench through direct, PgBouncer, HAProxy and dbbalancer, side by side,
+then sysbench through direct, HAProxy and dbbalancer in front of MariaDB.
 
-``python -m bench.run [--quick] [--rounds N] [--duration S] [--clients 16,128] [--targets ...]
-[--workloads ...] [--out docs/benchmarks.md]`` (``make bench`` runs it with the defaults).
+``python -m bench.run [--quick] [--rounds N] [--duration S] [--clients 16,128]
+[--mysql-threads 16,64] [--targets ...] [--workloads ...] [--no-postgres | --no-mysql]
+[--out docs/benchmarks.md]`` (``make bench`` runs it with the defaults). The MySQL part
+(:mod:`bench.mysql_bench`) runs when a ``mysql-*`` target and a ``sysbench-*`` workload are
+selected; it writes its own section at the end of the report, and a run of only one part keeps
+the other part's results already in ``--out``.
 
 It starts a local primary with two streaming replicas (PgCluster), loads it once with
 ``pgbench -i``, starts every target, then runs round after round, and within a round each case
@@ -36,11 +41,15 @@ from bench.measure import (
     PgbenchResult,
     Workload,
     descendants,
+    machine_info,
     measure_idle_clients,
     peak_rss_kb,
     pgbench_command,
     run_pgbench,
 )
+from bench.mysql_bench import MYSQL_WORKLOADS, MysqlBench, MysqlSettings
+from bench.mysql_report import MysqlCase, splice
+from bench.mysql_targets import MYSQL_DEFAULT_TARGETS, MYSQL_TARGETS
 from bench.report import (
     Case,
     ReportMeta,
@@ -51,6 +60,7 @@ from bench.report import (
     render_markdown,
     summarize,
 )
+from bench.sysbench import SysbenchTables
 from bench.targets import (
     ALL_TARGETS,
     DEFAULT_TARGETS,
@@ -78,6 +88,9 @@ WORKLOADS: dict[str, Workload] = {
 DEFAULT_ROUNDS = 3
 DEFAULT_DURATION = 10.0
 DEFAULT_CLIENTS = (16, 128)
+DEFAULT_MYSQL_THREADS = (16, 64)
+DEFAULT_MYSQL_TABLES = 4
+DEFAULT_MYSQL_TABLE_SIZE = 10000
 DEFAULT_IDLE_CLIENTS = 5000
 DEFAULT_SCALE = 10
 QUICK_ROUNDS = 1
@@ -95,8 +108,11 @@ def _csv(text: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="pgbench through direct, PgBouncer, HAProxy and dbbalancer; writes a report.",
+        description="pgbench through direct, PgBouncer, HAProxy and dbbalancer, and sysbench "
+        "through direct, HAProxy and dbbalancer before MariaDB; writes a report.",
     )
+    all_targets = [*ALL_TARGETS, *MYSQL_TARGETS]
+    all_workloads = [*WORKLOADS, *MYSQL_WORKLOADS]
     parser.add_argument("--quick", action="store_true", help="short run: 1 round of 3 s")
     parser.add_argument("--rounds", type=int, help=f"rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--duration", type=float, help=f"seconds per run ({DEFAULT_DURATION})")
@@ -106,10 +122,38 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated client counts for the non-storm workloads",
     )
     parser.add_argument(
-        "--targets", default=",".join(DEFAULT_TARGETS), help=f"any of {','.join(ALL_TARGETS)}"
+        "--mysql-threads",
+        default=",".join(map(str, DEFAULT_MYSQL_THREADS)),
+        help="comma-separated sysbench thread counts (one connection each) for MySQL",
     )
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), help=f"any of {','.join(WORKLOADS)}"
+        "--targets",
+        default=",".join([*DEFAULT_TARGETS, *MYSQL_DEFAULT_TARGETS]),
+        help=f"any of {','.join(all_targets)}",
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(all_workloads), help=f"any of {','.join(all_workloads)}"
+    )
+    parser.add_argument(
+        "--postgres",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the PostgreSQL part (pgbench) of the selected targets and workloads",
+    )
+    parser.add_argument(
+        "--mysql",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the MySQL part (sysbench, mysql-* targets) of the selection",
+    )
+    parser.add_argument(
+        "--mysql-tables", type=int, default=DEFAULT_MYSQL_TABLES, help="sysbench --tables"
+    )
+    parser.add_argument(
+        "--mysql-table-size",
+        type=int,
+        default=DEFAULT_MYSQL_TABLE_SIZE,
+        help="sysbench --table-size (rows per table)",
     )
     parser.add_argument(
         "--idle-clients", type=int, help=f"idle clients per pooling proxy ({DEFAULT_IDLE_CLIENTS})"
@@ -162,20 +206,29 @@ class Bench:
             else (QUICK_IDLE_CLIENTS if args.quick else DEFAULT_IDLE_CLIENTS)
         )
         self.clients = [int(c) for c in _csv(args.clients)]
-        unknown = [t for t in _csv(args.targets) if t not in ALL_TARGETS]
-        unknown += [w for w in _csv(args.workloads) if w not in WORKLOADS]
-        if unknown or not self.clients or min(self.clients) < 1:
+        threads = [int(t) for t in _csv(args.mysql_threads)]
+        targets, workloads = _csv(args.targets), _csv(args.workloads)
+        unknown = [t for t in targets if t not in ALL_TARGETS and t not in MYSQL_TARGETS]
+        unknown += [w for w in workloads if w not in WORKLOADS and w not in MYSQL_WORKLOADS]
+        if unknown or not self.clients or min(self.clients) < 1 or min(threads, default=0) < 1:
             raise SystemExit(f"bench.run: unknown targets/workloads or bad clients: {unknown}")
-        self.targets = [ALL_TARGETS[t] for t in _csv(args.targets)]
+        self.targets = [ALL_TARGETS[t] for t in targets if t in ALL_TARGETS]
         self.cases = [
             Case(WORKLOADS[w], STORM_CLIENTS if WORKLOADS[w].connect else c)
-            for w in _csv(args.workloads)
+            for w in workloads
+            if w in WORKLOADS
             for c in (self.clients[:1] if WORKLOADS[w].connect else self.clients)
         ]
+        if not args.postgres:
+            self.targets, self.cases = [], []
+        self.postgres = bool(self.targets and self.cases)
+        self.mysql = _mysql_settings(args, targets, workloads, threads, self.rounds, self.duration)
+        if not self.postgres and self.mysql is None:
+            raise SystemExit("bench.run: nothing to run (no target with a workload of its kind)")
         max_clients = max(case.clients for case in self.cases) if self.cases else 1
         # Session pooling holds a server connection per client: cap above every client count.
         self.session_pool_size = max(max_clients + 8, 64)
-        self.pgbench = self._find_pgbench()
+        self.pgbench = self._find_pgbench() if self.postgres else "pgbench"
         self.records: list[RunRecord] = []
         self.infos: dict[str, TargetInfo] = {t.name: TargetInfo(t.name) for t in self.targets}
         self.running: dict[str, RunningTarget] = {}
@@ -210,8 +263,19 @@ class Bench:
     # ----------------------------------------------------------------- main flow
 
     def run(self) -> int:
-        """Benchmark, then write the report; processes are stopped whatever happens."""
+        """Benchmark each part, then write the report; processes are stopped whatever happens."""
         self.nofile = _raise_nofile()
+        postgres = self._run_postgres() if self.postgres else None
+        mysql = self._run_mysql(self.mysql) if self.mysql is not None else None
+        out: Path = self.args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existing = out.read_text(encoding="utf-8") if out.exists() else None
+        out.write_text(splice(existing, postgres, mysql), encoding="utf-8")
+        print(f"bench: wrote {out}", flush=True)
+        return 0
+
+    def _run_postgres(self) -> str:
+        """The PostgreSQL part: pgbench through every target; returns its markdown."""
         workdir = Path(tempfile.mkdtemp(prefix="dbbalancer-bench-"))
         cluster = PgCluster(replicas=2, max_connections=self._max_connections())
         try:
@@ -231,8 +295,19 @@ class Bench:
                 cluster.stop()
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-        self._write(versions)
-        return 0
+        return self._write(versions)
+
+    def _run_mysql(self, settings: MysqlSettings) -> str:
+        """The MySQL part: sysbench through every MySQL target; returns its markdown section."""
+        bench = MysqlBench(settings)
+        bench.run()
+        out: Path = self.args.out
+        return bench.report(
+            chart=out.with_name(out.stem + "-mysql.png"),
+            command=shlex.join(["python", "-m", "bench.run", *_public_argv(self.argv)]),
+            scope=_mysql_scope(settings),
+            notes=list(self.args.note),
+        )
 
     def _env(self, cluster: PgCluster) -> dict[str, str]:
         env = dict(os.environ)
@@ -433,26 +508,6 @@ class Bench:
         )
         return versions
 
-    def _machine(self) -> dict[str, str]:
-        model = "unknown"
-        memory = "unknown"
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-                if line.startswith("MemTotal:"):
-                    memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-        return {
-            "nproc": str(os.cpu_count()),
-            "CPU": model,
-            "memory": memory,
-            "kernel": platform.release(),
-            "note": "benchmark clients, proxies and PostgreSQL share these cores",
-        }
-
     def _scope(self) -> str:
         full = (
             self.rounds >= DEFAULT_ROUNDS
@@ -471,7 +526,8 @@ class Bench:
             return f"full (`make bench` defaults): {detail}"
         return f"reduced (not the full `make bench`): {detail}"
 
-    def _write(self, versions: dict[str, str]) -> None:
+    def _write(self, versions: dict[str, str]) -> str:
+        """Write the chart and the JSON (``--json``); return the PostgreSQL report's markdown."""
         names = [t.name for t in self.targets]
         summaries = summarize(self.records, names, self.cases)
         goals = evaluate_goals(summaries, self.cases, self.infos)
@@ -487,7 +543,7 @@ class Bench:
         meta = ReportMeta(
             command=shlex.join(["python", "-m", "bench.run", *_public_argv(self.argv)]),
             scope=self._scope(),
-            machine=self._machine(),
+            machine=machine_info("benchmark clients, proxies and PostgreSQL share these cores"),
             versions=versions,
             pgbench_commands=self.pgbench_lines,
             settings={
@@ -507,11 +563,8 @@ class Bench:
             micro_benchmark=self.micro,
             notes=self.notes,
         )
-        out.write_text(
-            render_markdown(meta, self.cases, names, summaries, self.infos, goals, chart_name),
-            encoding="utf-8",
-        )
-        print(f"bench: wrote {out}" + (f" and {chart}" if chart_name else ""), flush=True)
+        if chart_name:
+            print(f"bench: wrote {chart}", flush=True)
         if self.args.json is not None:
             payload = {
                 "summaries": [{**asdict(s), "case": s.case.label} for s in summaries.values()],
@@ -519,6 +572,45 @@ class Bench:
                 "goals": [asdict(goal) for goal in goals],
             }
             self.args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        return render_markdown(meta, self.cases, names, summaries, self.infos, goals, chart_name)
+
+
+def _mysql_settings(
+    args: argparse.Namespace,
+    targets: Sequence[str],
+    workloads: Sequence[str],
+    threads: Sequence[int],
+    rounds: int,
+    duration: float,
+) -> MysqlSettings | None:
+    """The MySQL part of the selection, or ``None`` when it has no target or no workload."""
+    chosen = [MYSQL_TARGETS[t] for t in targets if t in MYSQL_TARGETS]
+    cases = [
+        MysqlCase(MYSQL_WORKLOADS[w], n) for w in workloads if w in MYSQL_WORKLOADS for n in threads
+    ]
+    if not args.mysql or not chosen or not cases:
+        return None
+    tables = SysbenchTables(args.mysql_tables, args.mysql_table_size)
+    return MysqlSettings(chosen, cases, rounds, duration, tables)
+
+
+def _mysql_scope(settings: MysqlSettings) -> str:
+    full = (
+        settings.rounds >= DEFAULT_ROUNDS
+        and settings.duration >= DEFAULT_DURATION
+        and sorted({c.threads for c in settings.cases}) == sorted(DEFAULT_MYSQL_THREADS)
+        and {t.spec.name for t in settings.targets} >= set(MYSQL_DEFAULT_TARGETS)
+        and {c.workload.name for c in settings.cases} == set(MYSQL_WORKLOADS)
+    )
+    threads = sorted({c.threads for c in settings.cases})
+    detail = (
+        f"{settings.rounds} round(s) x {settings.duration:g} s per run, threads "
+        f"{','.join(map(str, threads))}, {len(settings.targets)} target(s), "
+        f"{len(settings.cases)} case(s)"
+    )
+    if full:
+        return f"full (`make bench` defaults): {detail}"
+    return f"reduced (not the full `make bench`): {detail}"
 
 
 def _version(command: list[str]) -> str:

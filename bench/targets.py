@@ -37,7 +37,9 @@ __all__ = [
     "TargetError",
     "TargetSpec",
     "find_program",
+    "spawn",
     "start_target",
+    "wait_listening",
 ]
 
 PGBOUNCER_POOL_SIZE = 20
@@ -165,7 +167,7 @@ def start_target(
     return target
 
 
-def _spawn(
+def spawn(
     command: list[str],
     log_file: Path,
     *,
@@ -173,6 +175,7 @@ def _spawn(
     gid: int | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session with stdout and stderr appended to ``log_file``."""
     with log_file.open("ab") as log:
         return subprocess.Popen(
             command,
@@ -234,7 +237,7 @@ def _start_pgbouncer(spec: TargetSpec, cluster: PgCluster, workdir: Path) -> Run
         os.chown(log_file, account.uid, account.gid)
         uid, gid = account.uid, account.gid
         _make_traversable(directory, workdir)
-    process = _spawn([program, str(ini)], directory / "stdout.log", account_uid=uid, gid=gid)
+    process = spawn([program, str(ini)], directory / "stdout.log", account_uid=uid, gid=gid)
     return RunningTarget(spec, LOOPBACK, port, process, log_file, PGBOUNCER_POOL_SIZE)
 
 
@@ -284,7 +287,7 @@ def _start_haproxy(spec: TargetSpec, cluster: PgCluster, workdir: Path) -> Runni
         encoding="utf-8",
     )
     log_file = directory / "haproxy.log"
-    process = _spawn([program, "-db", "-f", str(cfg)], log_file)
+    process = spawn([program, "-db", "-f", str(cfg)], log_file)
     return RunningTarget(spec, LOOPBACK, port, process, log_file)
 
 
@@ -332,12 +335,22 @@ def _start_dbbalancer(
     if spec.pure:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["DBBALANCER_COMPILE"] = "0"
-    process = _spawn(command, log_file, env=env)
+    process = spawn(command, log_file, env=env)
     pool = TRANSACTION_POOL_SIZE if spec.pool_mode != "session" else session_pool_size
     return RunningTarget(spec, LOOPBACK, port, process, log_file, pool)
 
 
 def _wait_ready(target: RunningTarget, cluster: PgCluster) -> None:
+    deadline = wait_listening(target)
+    _probe(target, cluster, deadline)
+
+
+def wait_listening(target: RunningTarget) -> float:
+    """Wait until ``target`` accepts TCP connections; return the deadline for further checks.
+
+    Raises :class:`TargetError` with the proxy's first log error when it exits first, or when
+    it does not listen within the start timeout.
+    """
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
         if not target.alive():
@@ -352,7 +365,7 @@ def _wait_ready(target: RunningTarget, cluster: PgCluster) -> None:
                     f"{_START_TIMEOUT:.0f}s: {exc}"
                 ) from None
             time.sleep(0.1)
-    _probe(target, cluster, deadline)
+    return deadline
 
 
 def _probe(target: RunningTarget, cluster: PgCluster, deadline: float) -> None:

@@ -19,6 +19,7 @@ COMPILED_MODULES = (
     "dbbalancer.postgres.sequencing",
     "dbbalancer.postgres.backend",
     "dbbalancer.postgres.frontend",
+    "dbbalancer.postgres.startup",
     "dbbalancer.postgres.params",
     "dbbalancer.postgres.prepared",
     "dbbalancer.postgres.classify",

@@ -121,15 +121,21 @@ def test_demo_runs_once() -> None:
     assert "stopped" in result.stdout
 
 
-def test_run_refuses_mysql_transaction_pooling_clearly(tmp_path: Path) -> None:
-    config = tmp_path / "mysql.toml"
-    config.write_text(
+def test_run_refuses_mysql_statement_pooling_clearly(tmp_path: Path) -> None:
+    """MySQL clusters take session and transaction pooling; statement pooling is refused."""
+    text = (
         '[listen]\nmysql = "127.0.0.1:6033"\n'
         '[[users]]\nname = "app"\npassword = "app"\n'
-        '[[clusters]]\nname = "shop"\nprotocol = "mysql"\npool_mode = "transaction"\n'
+        '[[clusters]]\nname = "shop"\nprotocol = "mysql"\npool_mode = "{mode}"\n{extra}'
         '[[clusters.servers]]\naddress = "127.0.0.1:13306"\nrole = "primary"\n'
+        '[[clusters.servers]]\naddress = "127.0.0.1:13307"\nrole = "replica"\n'
     )
+    config = tmp_path / "mysql.toml"
+    config.write_text(text.format(mode="statement", extra=""))
     result = run_cli("run", "-c", str(config), timeout=30)
     assert result.returncode != 0
     assert "clusters[0].pool_mode" in result.stderr
     assert "issue #12" in result.stderr
+    config.write_text(text.format(mode="transaction", extra="read_write_split = true\n"))
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr

@@ -15,7 +15,8 @@ import pytest
 from dbbalancer.config.loader import parse_config
 from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.mariadbcluster import MariaDbCluster, gtid_pos_covers
-from tests.integration.test_mysql_pooling import connect, one, pooling_config, port_of, run
+
+from .test_mysql_pooling import connect, one, pooling_config, port_of, run
 
 pytestmark = pytest.mark.timeout(240)
 

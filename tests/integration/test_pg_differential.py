@@ -427,6 +427,18 @@ def _churn_local_tx(conn: psycopg.Connection[Any], rng: random.Random, me: int) 
     return False
 
 
+def _churn_local_datestyle(conn: psycopg.Connection[Any], rng: random.Random, me: int) -> bool:
+    # The scripts fold the same literal under their own DateStyle: a statement parsed here must
+    # never be shared with them (nor may this one get theirs).
+    conn.execute("BEGIN")
+    conn.execute(rng.choice(["SET LOCAL DateStyle TO 'ISO, DMY'", "SET DateStyle TO 'ISO, DMY'"]))
+    row = conn.execute("SELECT '05/03/2024'::date::text").fetchone()
+    conn.execute(rng.choice(["COMMIT", "ROLLBACK"]))
+    if row != ("2024-03-05",):
+        raise AssertionError(f"'05/03/2024' under DMY read as {row}")
+    return False
+
+
 def _churn_set_in_tx(conn: psycopg.Connection[Any], rng: random.Random, me: int) -> bool:
     conn.execute("BEGIN")
     conn.execute("SET TimeZone TO 'America/Sao_Paulo'")
@@ -494,6 +506,7 @@ CHURN_ACTIONS: list[Callable[[psycopg.Connection[Any], random.Random, int], bool
     _churn_search_path,
     _churn_settings,
     _churn_local_tx,
+    _churn_local_datestyle,
     _churn_set_in_tx,
     _churn_sequences,
     _churn_reads,

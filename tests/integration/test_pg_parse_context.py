@@ -103,3 +103,32 @@ def test_a_literal_folded_under_another_datestyle_is_not_shared(
         first.execute("ROLLBACK")
         assert second.execute(query).fetchone() == ("2024-03-04",)
         assert first.execute(query).fetchone() == ("2024-03-04",)
+
+
+def test_a_statement_parsed_again_under_new_settings_keeps_the_old_name_clean(
+    pg_cluster: PgCluster,
+) -> None:
+    """A client prepares a statement, changes DateStyle, and binds it on a connection that does
+    not have it: it is parsed there under the new DateStyle, so it must get a name of the new
+    settings. Under its old shared name, a client with the old DateStyle would be handed it.
+    Two server connections; the first client's statement exists on only one of them."""
+    config = cluster_config(pg_cluster, mode="transaction", pool_size=2)
+    balancer = BalancerThread(parse_config(config)).start()
+    query = "SELECT '07/08/2024'::date::text"
+    try:
+        with connect(balancer) as first, connect(balancer) as holder, connect(balancer) as third:
+            first.execute(query)  # prepared under MDY on connection A (the pool's only one)
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1")  # holds A: the pool hands out its warmest connection
+            first.execute("SET DateStyle TO 'ISO, DMY'")
+            # The first client's statement runs on the other connection: parsed again there,
+            # under DMY (PostgreSQL would keep the MDY folding of its first parse: the limit
+            # docs/postgres.md states).
+            assert first.execute(query).fetchone() in {("2024-08-07",), ("2024-07-08",)}
+            # A client with the default DateStyle, on that other connection (the holder still
+            # holds the first), reads it as MDY.
+            for _ in range(2):
+                assert third.execute(query).fetchone() == ("2024-07-08",)
+            holder.execute("COMMIT")
+    finally:
+        balancer.stop()

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbbalancer.core.statement import Classification, RouteHint, StatementKind
-from dbbalancer.mysql.classify import Classifier, _Ctx, _tokenize, classify
+from dbbalancer.mysql.classify import Classifier, _classify_lexed, _Ctx, _tokenize, classify
 
 # Pieces chosen to hit the lexer's and the analysis' corners.
 _PIECES = [
@@ -265,4 +265,4 @@ def test_cached_answers_equal_fresh_ones(texts: list[str]) -> None:
 @given(st.one_of(_texts, _glued, st.text(max_size=40)))
 def test_the_analysis_itself_never_raises(sql: str) -> None:
     """The classifier maps an internal error to PARSE_ERROR; make sure that never happens."""
-    Classifier()._classify_lexed(sql, _tokenize(sql), _Ctx())
+    _classify_lexed(sql, _tokenize(sql), _Ctx())

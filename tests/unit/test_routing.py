@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbbalancer.core.routing import RouteReason, Target, decide
+from dbbalancer.core.routing import RouteReason, SessionFacts, Target, decide
 from dbbalancer.core.statement import (
     Classification,
     Reason,
@@ -82,3 +84,32 @@ def test_never_a_non_read_to_a_replica(
 def test_every_reason_has_a_readable_value(reason: RouteReason) -> None:
     assert reason.value
     assert reason.value == reason.value.strip()
+
+
+AUTOCOMMIT_OFF = SessionFacts(autocommit=False)
+
+
+def test_autocommit_off_keeps_reads_on_the_primary() -> None:
+    # MySQL autocommit=0: a bare SELECT opens a transaction that may write later.
+    decision = decide(READ, split=True, session=AUTOCOMMIT_OFF)
+    assert decision.target is Target.PRIMARY
+    assert decision.reason is RouteReason.AUTOCOMMIT_OFF
+    hinted = dataclasses.replace(READ, hint=RouteHint.REPLICA)
+    assert decide(hinted, split=True, session=AUTOCOMMIT_OFF).target is Target.PRIMARY
+
+
+def test_autocommit_off_still_lets_a_read_only_transaction_go_to_a_replica() -> None:
+    decision = decide(BEGIN_RO, split=True, session=AUTOCOMMIT_OFF)
+    assert decision.target is Target.REPLICA
+
+
+def test_a_pinned_session_runs_on_its_primary_connection() -> None:
+    decision = decide(READ, split=True, session=SessionFacts(pinned=True))
+    assert decision == decide(WRITE, split=True, session=SessionFacts(pinned=True))
+    assert decision.target is Target.PRIMARY
+    assert decision.reason is RouteReason.PINNED
+
+
+def test_default_session_facts_change_nothing() -> None:
+    for c in (READ, WRITE, BEGIN, BEGIN_RO):
+        assert decide(c, split=True) == decide(c, split=True, session=SessionFacts())

@@ -32,6 +32,7 @@ class RouteReason(enum.Enum):
     HINT_REPLICA = "hint: replica"
     USER_DEFAULT_PRIMARY = "user default_route = primary"
     PINNED = "session pinned to its server"
+    AUTOCOMMIT_OFF = "autocommit is off: every statement opens a transaction"
     SESSION_STATE = "keeps session state: pins to the primary"
     REMEMBERED_WRITE = "replica refused it before (read-only)"
     NO_REPLICA = "no eligible replica"
@@ -49,12 +50,29 @@ class Decision:
 PRIMARY_SPLIT_OFF = Decision(Target.PRIMARY, RouteReason.SPLIT_DISABLED)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the session's own state says about where its next unit may run.
+
+    `decide` is asked only where a unit starts, outside any transaction: "in a transaction" is
+    that unit's business (it stays where it began), not a routing input.
+    """
+
+    autocommit: bool = True  # False (MySQL autocommit=0): a plain statement opens a transaction
+    pinned: bool = False  # the session holds state on one connection: it runs there
+
+
+AUTOCOMMIT = SessionFacts()
+PINNED_SESSION = Decision(Target.PRIMARY, RouteReason.PINNED)
+
+
 def decide(
     c: Classification,
     *,
     split: bool,
     default_primary: bool = False,
     read_only_transactions_to_replica: bool = True,
+    session: SessionFacts = AUTOCOMMIT,
 ) -> Decision:
     """Route the first statement of a unit of work (outside any transaction).
 
@@ -63,10 +81,14 @@ def decide(
     primary. `default_primary` is the user's `default_route = "primary"`: reads then go to the
     primary unless hinted to a replica. A statement that creates session state the client will
     be pinned to (a temp table, a WITH HOLD cursor, SQL PREPARE, ...) goes to the primary, so the
-    pin never keeps a later write from running.
+    pin never keeps a later write from running. A pinned session's units run on its pinned
+    connection, a primary one. With autocommit off, a plain statement opens a transaction that
+    may write later: only `START TRANSACTION READ ONLY` may leave the primary (not a replica hint).
     """
     if not split:
         return PRIMARY_SPLIT_OFF
+    if session.pinned:
+        return PINNED_SESSION
     if c.hint is RouteHint.PRIMARY:
         return Decision(Target.PRIMARY, RouteReason.HINT_PRIMARY)
     if c.pins:
@@ -77,6 +99,8 @@ def decide(
         if c.tx_read_only and read_only_transactions_to_replica:
             return Decision(Target.REPLICA, RouteReason.READ_ONLY_TRANSACTION)
         return Decision(Target.PRIMARY, RouteReason.TRANSACTION)
+    if not session.autocommit:
+        return Decision(Target.PRIMARY, RouteReason.AUTOCOMMIT_OFF)
     if not c.read_only:
         return Decision(Target.PRIMARY, RouteReason.WRITE)
     if c.hint is RouteHint.REPLICA:

@@ -908,579 +908,618 @@ class Classifier:
     ) -> tuple[Classification, bool]:
         ctx = _Ctx()
         try:
-            result = self._classify_lexed(sql, lexed, ctx)
+            result = _classify_lexed(sql, lexed, ctx)
         except Exception:
             result = _PARSE_ERROR  # never raise into the proxy
         if key in self._learned:
             result = as_learned_write(result)
         return result, ctx.sensitive
 
-    def _classify_lexed(self, sql: str, lexed: _Lexed, ctx: _Ctx) -> Classification:
-        hint = _hint_of(lexed.lead)
-        if lexed.error:
-            return _apply_hint(_PARSE_ERROR, hint)
-        if lexed.backslash:
-            plain = _tokenize(sql, plain=True)
-            if plain.error or [t[2] for t in plain.toks] != [t[2] for t in lexed.toks]:
-                return _apply_hint(Classification(_WRITE, Reason.AMBIGUOUS_ESCAPE, False), hint)
-        if not lexed.toks:
-            return _apply_hint(_EMPTY, hint)
-        result = self._classify_tokens(lexed.toks, ctx)
-        if lexed.toks_without is not None:
-            other = self._classify_tokens(lexed.toks_without, ctx) if lexed.toks_without else _EMPTY
-            result = _more_conservative(result, other)
-        return _apply_hint(result, hint)
 
-    def _classify_tokens(self, toks: list[Token], ctx: _Ctx) -> Classification:
-        return _combine([self._statement(st, ctx) for st in _split(toks)])
+# --------------------------------------------------------------------------------------------
+# The analysis: pure functions of the lexed text (the Classifier above only caches them).
+# --------------------------------------------------------------------------------------------
+def _classify_lexed(sql: str, lexed: _Lexed, ctx: _Ctx) -> Classification:
+    """Classify lexed text: escapes, executable comments, every statement, the hint."""
+    hint = _hint_of(lexed.lead)
+    if lexed.error:
+        return _apply_hint(_PARSE_ERROR, hint)
+    if lexed.backslash:
+        plain = _tokenize(sql, plain=True)
+        if plain.error or [t[2] for t in plain.toks] != [t[2] for t in lexed.toks]:
+            return _apply_hint(Classification(_WRITE, Reason.AMBIGUOUS_ESCAPE, False), hint)
+    if not lexed.toks:
+        return _apply_hint(_EMPTY, hint)
+    result = _classify_tokens(lexed.toks, ctx)
+    if lexed.toks_without is not None:
+        other = _classify_tokens(lexed.toks_without, ctx) if lexed.toks_without else _EMPTY
+        result = _more_conservative(result, other)
+    return _apply_hint(result, hint)
 
-    def _statement(self, st: list[Token], ctx: _Ctx) -> Classification:
-        kind, word = st[0][0], st[0][1]
-        if kind == "(":
-            return self._query(st, ctx)
-        if kind != "w":
-            return _UNKNOWN
-        handler = _HANDLERS.get(word)
-        if handler is not None:
-            return handler(self, st, ctx)
-        if word in _DDL_WORDS:
-            return self._ddl(st, ctx)
-        if word in _ADMIN_COMMIT:
-            if word == "reset" and len(st) > 1 and st[1][1] == "persist":
-                return Classification(_WRITE, Reason.MAINTENANCE, False)  # no implicit commit
-            return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
-        if word in _ADMIN_NO_COMMIT:
-            return Classification(_WRITE, Reason.MAINTENANCE, False)
+
+def _classify_tokens(toks: list[Token], ctx: _Ctx) -> Classification:
+    return _combine([_statement(st, ctx) for st in _split(toks)])
+
+
+# --------------------------------------------------------------------------------------------
+# One statement: dispatch on its first keyword to a handler (the _HANDLERS table below).
+# --------------------------------------------------------------------------------------------
+def _statement(st: list[Token], ctx: _Ctx) -> Classification:
+    kind, word = st[0][0], st[0][1]
+    if kind == "(":
+        return _stmt_query(st, ctx)
+    if kind != "w":
         return _UNKNOWN
-
-    # ---- queries and DML -------------------------------------------------------------------
-    def _query(self, st: list[Token], ctx: _Ctx) -> Classification:
-        facts = _Facts()
-        _scan(st, facts, ctx, query=True)
-        return _from_facts(facts)
-
-    def _do(self, st: list[Token], ctx: _Ctx) -> Classification:
-        return self._query(st[1:], ctx) if len(st) > 1 else _UNKNOWN
-
-    def _dml(self, st: list[Token], ctx: _Ctx) -> Classification:
-        facts = _Facts()
-        _scan(st, facts, ctx, query=False)
-        if not (facts.functions or facts.variables or facts.last_result):
-            return _DML
-        return _from_facts(facts, write_reason=Reason.DML)
-
-    def _load(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) > 1 and st[1][1] == "index":
-            return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
-        return _DML
-
-    def _with(self, st: list[Token], ctx: _Ctx) -> Classification:
-        # WITH ... SELECT is a query; WITH ... UPDATE / DELETE shows up as DML in the scan.
-        return self._query(st, ctx)
-
-    # ---- transaction control ---------------------------------------------------------------
-    def _begin(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) == 1 or (len(st) == 2 and st[1][1] == "work"):
-            return Classification(
-                _TRANSACTION, Reason.TX_CONTROL, True, tx=TxAction.BEGIN, implicit_commit=True
-            )
-        return _UNKNOWN  # BEGIN NOT ATOMIC ... END (a MariaDB compound statement)
-
-    def _start(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) < 2 or st[1][1] != "transaction":
-            return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
-        tx_read_only: bool | None = None
-        words = [t[1] for t in st[2:]]
-        for i, w in enumerate(words):
-            if w == "read" and i + 1 < len(words):
-                if words[i + 1] == "only":
-                    tx_read_only = True
-                elif words[i + 1] == "write":
-                    tx_read_only = False
-        return Classification(
-            _TRANSACTION,
-            Reason.TX_CONTROL,
-            tx_read_only is not False,
-            tx=TxAction.BEGIN,
-            tx_read_only=tx_read_only,
-            implicit_commit=True,
-        )
-
-    def _commit(self, st: list[Token], ctx: _Ctx) -> Classification:
-        words = [t[1] for t in st[1:]]
-        chain = "chain" in words and not (
-            "no" in words and words.index("no") < words.index("chain")
-        )
-        if st[0][1] == "rollback":
-            if "to" in words:
-                name = st[-1]
-                return Classification(
-                    _TRANSACTION,
-                    Reason.TX_CONTROL,
-                    True,
-                    tx=TxAction.ROLLBACK_TO,
-                    target=_name_of(name),
-                )
-            action = TxAction.ROLLBACK_AND_CHAIN if chain else TxAction.ROLLBACK
-        else:
-            action = TxAction.COMMIT_AND_CHAIN if chain else TxAction.COMMIT
-        return Classification(_TRANSACTION, Reason.TX_CONTROL, True, tx=action)
-
-    def _savepoint(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) != 2:
-            return _UNKNOWN
-        return Classification(
-            _TRANSACTION, Reason.TX_CONTROL, True, tx=TxAction.SAVEPOINT, target=_name_of(st[1])
-        )
-
-    def _release(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) != 3 or st[1][1] != "savepoint":
-            return _UNKNOWN
-        return Classification(
-            _TRANSACTION, Reason.TX_CONTROL, True, tx=TxAction.RELEASE, target=_name_of(st[2])
-        )
-
-    def _xa(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) < 2:
-            return _UNKNOWN
-        verb = st[1][1]
-        if verb == "recover":
-            return Classification(_READ, Reason.SHOW, False, target="xa recover")
-        ctx.sensitive = True
-        xid = _xid(st, 2)
-        words = {t[1] for t in st[2:] if t[0] == "w"}
-        if verb in ("start", "begin"):
-            return Classification(
-                _TRANSACTION,
-                Reason.TX_CONTROL,
-                False,
-                tx=TxAction.BEGIN,
-                pins=(PinReason.DISTRIBUTED_TRANSACTION,),
-                target=xid,
-            )
-        if verb == "end":
-            return Classification(
-                _TRANSACTION, Reason.TX_CONTROL, False, tx=TxAction.END_BRANCH, target=xid
-            )
-        if verb == "prepare":
-            return Classification(
-                _TRANSACTION, Reason.TX_CONTROL, False, tx=TxAction.PREPARE_TRANSACTION, target=xid
-            )
-        if verb in ("commit", "rollback"):
-            if verb == "commit":
-                action = TxAction.COMMIT if "one" in words else TxAction.COMMIT_PREPARED
-            else:
-                action = TxAction.ROLLBACK_PREPARED
-            return Classification(
-                _TRANSACTION,
-                Reason.TX_CONTROL,
-                False,
-                tx=action,
-                unpins=(UnpinEvent.END_DISTRIBUTED_TRANSACTION,),
-                target=xid,
-            )
-        return _UNKNOWN
-
-    # ---- locks -----------------------------------------------------------------------------
-    def _lock(self, st: list[Token], ctx: _Ctx) -> Classification:
-        second = st[1][1] if len(st) > 1 else ""
-        if second in ("tables", "table"):
-            return Classification(
-                _WRITE, Reason.LOCK_TABLE, False, pins=(PinReason.TABLE_LOCK,), implicit_commit=True
-            )
-        if second == "instance":
-            return Classification(_WRITE, Reason.LOCK_TABLE, False, pins=(PinReason.TABLE_LOCK,))
-        return _UNKNOWN
-
-    def _unlock(self, st: list[Token], ctx: _Ctx) -> Classification:
-        second = st[1][1] if len(st) > 1 else ""
-        if second in ("tables", "table") and len(st) == 2:
-            return Classification(
-                _SESSION,
-                Reason.LOCK_TABLE,
-                True,
-                unpins=(UnpinEvent.TABLE_UNLOCK_ALL,),
-                implicit_commit=True,
-            )
-        if second == "instance" and len(st) == 2:
-            # The instance lock ends, but the one pin also covers table locks: keep it.
-            return Classification(_SESSION, Reason.LOCK_TABLE, True)
-        return _UNKNOWN
-
-    def _flush(self, st: list[Token], ctx: _Ctx) -> Classification:
-        words = [t[1] for t in st]
-        locks = ("read" in words and "lock" in words) or "export" in words
-        return Classification(
-            _WRITE,
-            Reason.MAINTENANCE,
-            False,
-            pins=(PinReason.TABLE_LOCK,) if locks else (),
-            implicit_commit=True,
-        )
-
-    def _backup(self, st: list[Token], ctx: _Ctx) -> Classification:
-        # MariaDB BACKUP STAGE / BACKUP LOCK: held by the session until BACKUP STAGE END.
-        return Classification(_WRITE, Reason.LOCK_TABLE, False, pins=(PinReason.TABLE_LOCK,))
-
-    # ---- session state ---------------------------------------------------------------------
-    def _use(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) != 2 or st[1][0] not in ("w", "q", "dq"):
-            return _UNKNOWN
-        name = _name_of(st[1])
-        return Classification(_SESSION, Reason.CHANGE_DATABASE, True, database=name, target=name)
-
-    def _prepare(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) != 4 or st[2][1] != "from":
-            return _UNKNOWN
-        name = _name_of(st[1]).lower()
-        source = st[3]
-        inner: Classification | None = None
-        if source[0] == "s":
-            text = _string_value(source)
-            if text is not None:
-                ctx.sensitive = True
-                inner = self._classify_lexed(text, _tokenize(text), ctx)
-        return Classification(
-            _SESSION,
-            Reason.SQL_PREPARE,
-            True,
-            pins=(PinReason.SQL_PREPARE,),
-            functions=inner.functions if inner else (),
-            prepared_name=name,
-            inner=inner,
-        )
-
-    def _execute(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) < 2:
-            return _UNKNOWN
-        if st[1][1] == "immediate":  # MariaDB EXECUTE IMMEDIATE 'text'
-            return Classification(StatementKind.UNKNOWN, Reason.SQL_EXECUTE, False)
-        return Classification(
-            StatementKind.UNKNOWN, Reason.SQL_EXECUTE, False, prepared_name=_name_of(st[1]).lower()
-        )
-
-    def _deallocate(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) != 3 or st[1][1] != "prepare":
-            return _UNKNOWN
-        return Classification(
-            _SESSION,
-            Reason.SQL_DEALLOCATE,
-            True,
-            unpins=(UnpinEvent.DEALLOCATE,),
-            prepared_name=_name_of(st[2]).lower(),
-        )
-
-    def _handler(self, st: list[Token], ctx: _Ctx) -> Classification:
-        verb = next((t[1] for t in st[2:] if t[0] == "w" and t[1] in _HANDLER_VERBS), None)
-        if len(st) < 3 or verb is None:
-            return _UNKNOWN
-        table = _name_of(st[1])
-        if verb == "open":
-            return Classification(
-                _SESSION, Reason.CURSOR, False, pins=(PinReason.OPEN_CURSOR,), target=table
-            )
-        if verb == "close":
-            return Classification(
-                _SESSION, Reason.CURSOR, True, unpins=(UnpinEvent.CLOSE_CURSOR,), target=table
-            )
-        # A table cursor reads where it was opened; the session is pinned there.
-        return Classification(_READ, Reason.CURSOR, False, target=table)
-
-    # ---- SET ---------------------------------------------------------------------------------
-    def _set(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) < 2:
-            return _UNKNOWN
-        second = st[1][1]
-        third = st[2][1] if len(st) > 2 else ""
-        if second == "transaction" or (
-            second in ("session", "local", "global") and third == "transaction"
-        ):
-            return self._set_transaction(st, second, ctx)
-        if second == "names" and st[1][0] == "w":
-            return self._set_names(st, ctx)
-        if (second == "character" and third == "set") or (second == "charset" and st[1][0] == "w"):
-            return self._set_charset(st, ctx)
-        if second == "password" or (second == "default" and third == "role"):
-            return _DDL
-        if second == "role" and st[1][0] == "w":
-            return Classification(
-                _SESSION, Reason.SET, True, pins=(PinReason.SESSION_AUTHORIZATION,)
-            )
-        if second == "statement" and st[1][0] == "w":
-            return self._set_statement(st, ctx)
-        if second == "resource" and third == "group":
-            return Classification(_SESSION, Reason.SET, True, pins=(PinReason.UNTRACKED_SETTING,))
-        return self._set_assignments(st, ctx)
-
-    def _set_transaction(self, st: list[Token], scope: str, ctx: _Ctx) -> Classification:
-        words = [t[1] for t in st]
-        read_only: bool | None = None
-        isolation: str | None = None
-        for i, w in enumerate(words):
-            if w == "read" and i + 1 < len(words) and words[i - 1] != "level":
-                if words[i + 1] == "only":
-                    read_only = True
-                elif words[i + 1] == "write":
-                    read_only = False
-            elif w == "level" and i + 1 < len(words):
-                pair = (words[i + 1], words[i + 2] if i + 2 < len(words) else "")
-                isolation = _ISOLATION.get(pair) or _ISOLATION.get((pair[0], ""))
-        if scope == "global":
-            return Classification(_WRITE, Reason.SET, False)
-        if scope in ("session", "local"):
-            settings: list[SettingChange] = []
-            if isolation is not None:
-                settings.append(SettingChange("transaction_isolation", isolation, False))
-            if read_only is not None:
-                settings.append(
-                    SettingChange("transaction_read_only", "ON" if read_only else "OFF", False)
-                )
-            return Classification(_SESSION, Reason.SET, True, settings=tuple(settings))
-        return Classification(
-            _TRANSACTION,
-            Reason.TX_CONTROL,
-            read_only is not False,
-            tx=TxAction.SET_TRANSACTION,
-            tx_read_only=read_only,
-        )
-
-    def _set_names(self, st: list[Token], ctx: _Ctx) -> Classification:
-        if len(st) < 3:
-            return _UNKNOWN
-        ctx.sensitive = True
-        charset = _charset_value(st[2])
-        settings = [
-            SettingChange("character_set_client", charset, False),
-            SettingChange("character_set_connection", charset, False),
-            SettingChange("character_set_results", charset, False),
-        ]
-        if len(st) == 5 and st[3][1] == "collate":
-            settings.append(SettingChange("collation_connection", _charset_value(st[4]), False))
-        elif len(st) != 3:
-            return Classification(_SESSION, Reason.SET, True, pins=(PinReason.UNTRACKED_SETTING,))
-        return Classification(_SESSION, Reason.SET, True, settings=tuple(settings))
-
-    def _set_charset(self, st: list[Token], ctx: _Ctx) -> Classification:
-        ctx.sensitive = True
-        value = st[-1]
-        charset = _charset_value(value)
-        # The connection character set becomes character_set_database, which only the server
-        # knows: the change cannot be replayed as settings, so it pins.
-        return Classification(
-            _SESSION,
-            Reason.SET,
-            True,
-            settings=(
-                SettingChange("character_set_client", charset, False),
-                SettingChange("character_set_results", charset, False),
-            ),
-            pins=(PinReason.UNTRACKED_SETTING,),
-        )
-
-    def _set_statement(self, st: list[Token], ctx: _Ctx) -> Classification:
-        # MariaDB SET STATEMENT var = value [, ...] FOR statement: the settings last for one
-        # statement only, so only the inner statement matters (its values can be
-        # expressions too).
-        depth = 0
-        for i in range(2, len(st)):
-            k = st[i][0]
-            if k == "(":
-                depth += 1
-            elif k == ")":
-                depth -= 1
-            elif depth == 0 and st[i][1] == "for" and k == "w" and i + 1 < len(st):
-                facts = _Facts()
-                _scan(st[2:i], facts, ctx, query=False)
-                inner = self._statement(st[i + 1 :], ctx)
-                if facts.reason is not None or facts.pins:
-                    return dataclasses.replace(
-                        _from_facts(facts, write_reason=facts.reason or Reason.SET), inner=inner
-                    )
-                return dataclasses.replace(inner, inner=inner)
-        return _UNKNOWN
-
-    def _set_assignments(self, st: list[Token], ctx: _Ctx) -> Classification:
-        items: list[list[Token]] = []
-        depth = 0
-        start = 1
-        for i in range(1, len(st)):
-            k = st[i][0]
-            if k == "(":
-                depth += 1
-            elif k == ")":
-                depth -= 1
-            elif k == "," and depth == 0:
-                items.append(st[start:i])
-                start = i + 1
-        items.append(st[start:])
-        scope = "session"
-        settings: list[SettingChange] = []
-        variables: list[UserVariable] = []
-        pins: list[PinReason] = []
-        facts = _Facts()
-        autocommit: bool | None = None
-        global_change = False
-        for item in items:
-            if item and item[0][0] == "w" and item[0][1] in _SCOPES:
-                scope = item[0][1]
-                item = item[1:]
-            eq = next((j for j, t in enumerate(item) if t[0] == "op" and t[1] in ("=", ":=")), None)
-            if not eq:
-                return _UNKNOWN
-            target, expr = item[:eq], item[eq + 1 :]
-            if not expr:
-                return _UNKNOWN
-            _scan(expr, facts, ctx, query=True)
-            if len(target) == 1 and target[0][0] == "uv":
-                value = _literal_sql(expr)
-                if value is not None:
-                    ctx.sensitive = True
-                variables.append(UserVariable(target[0][1], value))
-                continue
-            name, item_scope = _system_name(target, scope)
-            if name is None:
-                return _UNKNOWN
-            if item_scope in ("global", "persist", "persist_only"):
-                global_change = True
-                continue
-            ctx.sensitive = True
-            value, tracked = _setting_value(expr)
-            if not tracked:
-                pins.append(PinReason.UNTRACKED_SETTING)
-                if name == "autocommit":
-                    autocommit = None
-                continue
-            settings.append(SettingChange(name, value, False))
-            if name == "autocommit":
-                if value is None:
-                    pins.append(PinReason.UNTRACKED_SETTING)  # DEFAULT: the global value
-                    autocommit = None
-                elif value.lower() in _TRUE_WORDS:
-                    autocommit = True
-                elif value.lower() in _FALSE_WORDS:
-                    autocommit = False
-                else:
-                    autocommit = None
-        if facts.dml:
-            facts.write(Reason.DML)
-        if facts.into:
-            facts.write(Reason.SELECT_INTO)
-        if facts.lock:
-            facts.write(Reason.SELECT_FOR_LOCK)
-        reason = facts.reason
-        if global_change and reason is None:
-            reason = Reason.SET
-        all_pins = _dedup([*pins, *facts.pins])
-        if reason is not None:
-            kind, read_only = _WRITE, False
-        elif facts.last_result:
-            kind, reason, read_only = _SESSION, Reason.SET, False
-        else:
-            kind, reason, read_only = _SESSION, Reason.SET, True
-        return Classification(
-            kind,
-            reason,
-            read_only,
-            settings=tuple(settings),
-            pins=all_pins,
-            unpins=tuple(facts.unpins),
-            functions=tuple(facts.functions),
-            user_variables=(*variables, *facts.variables),
-            autocommit=autocommit,
-            uses_last_result=facts.last_result,
-        )
-
-    # ---- SHOW, EXPLAIN, DESCRIBE, ANALYZE --------------------------------------------------
-    def _show(self, st: list[Token], ctx: _Ctx) -> Classification:
-        words = [t[1] for t in st[1:] if t[0] == "w"]
-        first = words[0] if words else ""
-        target = " ".join(words[:3])
-        if first in ("warnings", "errors", "profile", "profiles") or (
-            first == "count" and len(st) > 2 and st[-1][1] in ("warnings", "errors")
-        ):
-            return Classification(
-                _READ, Reason.LAST_RESULT, False, target=target, uses_last_result=True
-            )
-        if (
-            (first == "master" and words[1:2] in (["status"], ["logs"]))
-            or (first == "binary" and words[1:2] in (["logs"], ["log"]))
-            or first == "binlog"
-        ):
-            # The primary's binary log position: asked of the primary.
-            return Classification(_READ, Reason.SHOW, False, target=target)
-        return Classification(_READ, Reason.SHOW, True, target=target)
-
-    def _explain(self, st: list[Token], ctx: _Ctx) -> Classification:
-        i = 1
-        analyze = False
-        n = len(st)
-        while i < n:
-            t = st[i]
-            if t[0] == "w" and t[1] in ("extended", "partitions"):
-                i += 1
-            elif t[0] == "w" and t[1] == "analyze":
-                analyze = True
-                i += 1
-            elif t[0] == "w" and t[1] == "format" and i + 2 < n and st[i + 1][1] == "=":
-                i += 3
-            else:
-                break
-        if i >= n:
-            return _UNKNOWN
-        head = st[i]
-        if head[0] == "w" and head[1] == "for" and i + 1 < n and st[i + 1][1] == "connection":
-            return Classification(_READ, Reason.EXPLAIN, True)
-        if head[0] != "(" and not (head[0] == "w" and head[1] in _EXPLAINABLE):
-            return Classification(_READ, Reason.EXPLAIN, True)  # DESCRIBE table [column]
-        inner = self._statement(st[i:], ctx)
-        return _explained(inner, analyze)
-
-    def _analyze(self, st: list[Token], ctx: _Ctx) -> Classification:
-        # MariaDB ANALYZE [FORMAT=JSON] statement runs it; ANALYZE TABLE is maintenance.
-        i = 1
-        if len(st) > 3 and st[1][1] == "format" and st[2][1] == "=":
-            i = 4
-        if i < len(st) and (st[i][0] == "(" or (st[i][1] in _EXPLAINABLE and st[i][1] != "table")):
-            return _explained(self._statement(st[i:], ctx), True)
+    handler = _HANDLERS.get(word)
+    if handler is not None:
+        return handler(st, ctx)
+    if word in _DDL_WORDS:
+        return _stmt_ddl(st, ctx)
+    if word in _ADMIN_COMMIT:
+        if word == "reset" and len(st) > 1 and st[1][1] == "persist":
+            return Classification(_WRITE, Reason.MAINTENANCE, False)  # no implicit commit
         return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
+    if word in _ADMIN_NO_COMMIT:
+        return Classification(_WRITE, Reason.MAINTENANCE, False)
+    return _UNKNOWN
 
-    def _call(self, st: list[Token], ctx: _Ctx) -> Classification:
-        parts: list[str] = []
-        for t in st[1:]:
-            if t[0] in ("w", "q"):
-                parts.append(t[1])
-            elif t[0] != ".":
-                break
-        name = ".".join(parts)
-        return Classification(_WRITE, Reason.CALL_OR_DO, False, functions=(name,) if name else ())
 
-    def _get(self, st: list[Token], ctx: _Ctx) -> Classification:
-        words = [t[1] for t in st[1:3]]
-        if "diagnostics" in words:
-            return Classification(_READ, Reason.LAST_RESULT, False, uses_last_result=True)
-        return _UNKNOWN
+# ---- queries and DML -------------------------------------------------------------------
+def _stmt_query(st: list[Token], ctx: _Ctx) -> Classification:
+    facts = _Facts()
+    _scan(st, facts, ctx, query=True)
+    return _from_facts(facts)
 
-    def _help(self, st: list[Token], ctx: _Ctx) -> Classification:
-        return Classification(_READ, Reason.SHOW, True, target="help")
 
-    # ---- DDL -------------------------------------------------------------------------------
-    def _ddl(self, st: list[Token], ctx: _Ctx) -> Classification:
-        verb = st[0][1]
-        head = [t[1] for t in st[1:6] if t[0] == "w"]
-        before_table = head[: head.index("table")] if "table" in head else []
-        if verb == "create" and "temporary" in before_table:
-            return Classification(_WRITE, Reason.DDL, False, pins=(PinReason.TEMP_TABLE,))
-        if verb == "drop" and head[:1] == ["temporary"]:
-            i = 3  # DROP TEMPORARY TABLE [IF EXISTS] name
-            if i + 1 < len(st) and st[i][1] == "if":
-                i += 2
-            target = _name_of(st[i]) if i < len(st) else None
+def _stmt_do(st: list[Token], ctx: _Ctx) -> Classification:
+    return _stmt_query(st[1:], ctx) if len(st) > 1 else _UNKNOWN
+
+
+def _stmt_dml(st: list[Token], ctx: _Ctx) -> Classification:
+    facts = _Facts()
+    _scan(st, facts, ctx, query=False)
+    if not (facts.functions or facts.variables or facts.last_result):
+        return _DML
+    return _from_facts(facts, write_reason=Reason.DML)
+
+
+def _stmt_load(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) > 1 and st[1][1] == "index":
+        return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
+    return _DML
+
+
+def _stmt_with(st: list[Token], ctx: _Ctx) -> Classification:
+    # WITH ... SELECT is a query; WITH ... UPDATE / DELETE shows up as DML in the scan.
+    return _stmt_query(st, ctx)
+
+
+# ---- transaction control ---------------------------------------------------------------
+def _stmt_begin(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) == 1 or (len(st) == 2 and st[1][1] == "work"):
+        return Classification(
+            _TRANSACTION, Reason.TX_CONTROL, True, tx=TxAction.BEGIN, implicit_commit=True
+        )
+    return _UNKNOWN  # BEGIN NOT ATOMIC ... END (a MariaDB compound statement)
+
+
+def _stmt_start(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) < 2 or st[1][1] != "transaction":
+        return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
+    tx_read_only: bool | None = None
+    words = [t[1] for t in st[2:]]
+    for i, w in enumerate(words):
+        if w == "read" and i + 1 < len(words):
+            if words[i + 1] == "only":
+                tx_read_only = True
+            elif words[i + 1] == "write":
+                tx_read_only = False
+    return Classification(
+        _TRANSACTION,
+        Reason.TX_CONTROL,
+        tx_read_only is not False,
+        tx=TxAction.BEGIN,
+        tx_read_only=tx_read_only,
+        implicit_commit=True,
+    )
+
+
+def _stmt_commit(st: list[Token], ctx: _Ctx) -> Classification:
+    words = [t[1] for t in st[1:]]
+    chain = "chain" in words and not ("no" in words and words.index("no") < words.index("chain"))
+    if st[0][1] == "rollback":
+        if "to" in words:
+            name = st[-1]
             return Classification(
-                _WRITE, Reason.DDL, False, unpins=(UnpinEvent.DROP_TEMP_TABLE,), target=target
+                _TRANSACTION,
+                Reason.TX_CONTROL,
+                True,
+                tx=TxAction.ROLLBACK_TO,
+                target=_name_of(name),
             )
-        if verb == "drop" and head[:1] == ["prepare"]:
-            return self._deallocate(st, ctx)
+        action = TxAction.ROLLBACK_AND_CHAIN if chain else TxAction.ROLLBACK
+    else:
+        action = TxAction.COMMIT_AND_CHAIN if chain else TxAction.COMMIT
+    return Classification(_TRANSACTION, Reason.TX_CONTROL, True, tx=action)
+
+
+def _stmt_savepoint(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) != 2:
+        return _UNKNOWN
+    return Classification(
+        _TRANSACTION, Reason.TX_CONTROL, True, tx=TxAction.SAVEPOINT, target=_name_of(st[1])
+    )
+
+
+def _stmt_release(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) != 3 or st[1][1] != "savepoint":
+        return _UNKNOWN
+    return Classification(
+        _TRANSACTION, Reason.TX_CONTROL, True, tx=TxAction.RELEASE, target=_name_of(st[2])
+    )
+
+
+def _stmt_xa(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) < 2:
+        return _UNKNOWN
+    verb = st[1][1]
+    if verb == "recover":
+        return Classification(_READ, Reason.SHOW, False, target="xa recover")
+    ctx.sensitive = True
+    xid = _xid(st, 2)
+    words = {t[1] for t in st[2:] if t[0] == "w"}
+    if verb in ("start", "begin"):
+        return Classification(
+            _TRANSACTION,
+            Reason.TX_CONTROL,
+            False,
+            tx=TxAction.BEGIN,
+            pins=(PinReason.DISTRIBUTED_TRANSACTION,),
+            target=xid,
+        )
+    if verb == "end":
+        return Classification(
+            _TRANSACTION, Reason.TX_CONTROL, False, tx=TxAction.END_BRANCH, target=xid
+        )
+    if verb == "prepare":
+        return Classification(
+            _TRANSACTION, Reason.TX_CONTROL, False, tx=TxAction.PREPARE_TRANSACTION, target=xid
+        )
+    if verb in ("commit", "rollback"):
+        if verb == "commit":
+            action = TxAction.COMMIT if "one" in words else TxAction.COMMIT_PREPARED
+        else:
+            action = TxAction.ROLLBACK_PREPARED
+        return Classification(
+            _TRANSACTION,
+            Reason.TX_CONTROL,
+            False,
+            tx=action,
+            unpins=(UnpinEvent.END_DISTRIBUTED_TRANSACTION,),
+            target=xid,
+        )
+    return _UNKNOWN
+
+
+# ---- locks -----------------------------------------------------------------------------
+def _stmt_lock(st: list[Token], ctx: _Ctx) -> Classification:
+    second = st[1][1] if len(st) > 1 else ""
+    if second in ("tables", "table"):
+        return Classification(
+            _WRITE, Reason.LOCK_TABLE, False, pins=(PinReason.TABLE_LOCK,), implicit_commit=True
+        )
+    if second == "instance":
+        return Classification(_WRITE, Reason.LOCK_TABLE, False, pins=(PinReason.TABLE_LOCK,))
+    return _UNKNOWN
+
+
+def _stmt_unlock(st: list[Token], ctx: _Ctx) -> Classification:
+    second = st[1][1] if len(st) > 1 else ""
+    if second in ("tables", "table") and len(st) == 2:
+        return Classification(
+            _SESSION,
+            Reason.LOCK_TABLE,
+            True,
+            unpins=(UnpinEvent.TABLE_UNLOCK_ALL,),
+            implicit_commit=True,
+        )
+    if second == "instance" and len(st) == 2:
+        # The instance lock ends, but the one pin also covers table locks: keep it.
+        return Classification(_SESSION, Reason.LOCK_TABLE, True)
+    return _UNKNOWN
+
+
+def _stmt_flush(st: list[Token], ctx: _Ctx) -> Classification:
+    words = [t[1] for t in st]
+    locks = ("read" in words and "lock" in words) or "export" in words
+    return Classification(
+        _WRITE,
+        Reason.MAINTENANCE,
+        False,
+        pins=(PinReason.TABLE_LOCK,) if locks else (),
+        implicit_commit=True,
+    )
+
+
+def _stmt_backup(st: list[Token], ctx: _Ctx) -> Classification:
+    # MariaDB BACKUP STAGE / BACKUP LOCK: held by the session until BACKUP STAGE END.
+    return Classification(_WRITE, Reason.LOCK_TABLE, False, pins=(PinReason.TABLE_LOCK,))
+
+
+# ---- session state ---------------------------------------------------------------------
+def _stmt_use(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) != 2 or st[1][0] not in ("w", "q", "dq"):
+        return _UNKNOWN
+    name = _name_of(st[1])
+    return Classification(_SESSION, Reason.CHANGE_DATABASE, True, database=name, target=name)
+
+
+def _stmt_prepare(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) != 4 or st[2][1] != "from":
+        return _UNKNOWN
+    name = _name_of(st[1]).lower()
+    source = st[3]
+    inner: Classification | None = None
+    if source[0] == "s":
+        text = _string_value(source)
+        if text is not None:
+            ctx.sensitive = True
+            inner = _classify_lexed(text, _tokenize(text), ctx)
+    return Classification(
+        _SESSION,
+        Reason.SQL_PREPARE,
+        True,
+        pins=(PinReason.SQL_PREPARE,),
+        functions=inner.functions if inner else (),
+        prepared_name=name,
+        inner=inner,
+    )
+
+
+def _stmt_execute(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) < 2:
+        return _UNKNOWN
+    if st[1][1] == "immediate":  # MariaDB EXECUTE IMMEDIATE 'text'
+        return Classification(StatementKind.UNKNOWN, Reason.SQL_EXECUTE, False)
+    return Classification(
+        StatementKind.UNKNOWN, Reason.SQL_EXECUTE, False, prepared_name=_name_of(st[1]).lower()
+    )
+
+
+def _stmt_deallocate(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) != 3 or st[1][1] != "prepare":
+        return _UNKNOWN
+    return Classification(
+        _SESSION,
+        Reason.SQL_DEALLOCATE,
+        True,
+        unpins=(UnpinEvent.DEALLOCATE,),
+        prepared_name=_name_of(st[2]).lower(),
+    )
+
+
+def _stmt_handler(st: list[Token], ctx: _Ctx) -> Classification:
+    verb = next((t[1] for t in st[2:] if t[0] == "w" and t[1] in _HANDLER_VERBS), None)
+    if len(st) < 3 or verb is None:
+        return _UNKNOWN
+    table = _name_of(st[1])
+    if verb == "open":
+        return Classification(
+            _SESSION, Reason.CURSOR, False, pins=(PinReason.OPEN_CURSOR,), target=table
+        )
+    if verb == "close":
+        return Classification(
+            _SESSION, Reason.CURSOR, True, unpins=(UnpinEvent.CLOSE_CURSOR,), target=table
+        )
+    # A table cursor reads where it was opened; the session is pinned there.
+    return Classification(_READ, Reason.CURSOR, False, target=table)
+
+
+# ---- SET ---------------------------------------------------------------------------------
+def _stmt_set(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) < 2:
+        return _UNKNOWN
+    second = st[1][1]
+    third = st[2][1] if len(st) > 2 else ""
+    if second == "transaction" or (
+        second in ("session", "local", "global") and third == "transaction"
+    ):
+        return _stmt_set_transaction(st, second, ctx)
+    if second == "names" and st[1][0] == "w":
+        return _stmt_set_names(st, ctx)
+    if (second == "character" and third == "set") or (second == "charset" and st[1][0] == "w"):
+        return _stmt_set_charset(st, ctx)
+    if second == "password" or (second == "default" and third == "role"):
         return _DDL
+    if second == "role" and st[1][0] == "w":
+        return Classification(_SESSION, Reason.SET, True, pins=(PinReason.SESSION_AUTHORIZATION,))
+    if second == "statement" and st[1][0] == "w":
+        return _stmt_set_statement(st, ctx)
+    if second == "resource" and third == "group":
+        return Classification(_SESSION, Reason.SET, True, pins=(PinReason.UNTRACKED_SETTING,))
+    return _stmt_set_assignments(st, ctx)
+
+
+def _stmt_set_transaction(st: list[Token], scope: str, ctx: _Ctx) -> Classification:
+    words = [t[1] for t in st]
+    read_only: bool | None = None
+    isolation: str | None = None
+    for i, w in enumerate(words):
+        if w == "read" and i + 1 < len(words) and words[i - 1] != "level":
+            if words[i + 1] == "only":
+                read_only = True
+            elif words[i + 1] == "write":
+                read_only = False
+        elif w == "level" and i + 1 < len(words):
+            pair = (words[i + 1], words[i + 2] if i + 2 < len(words) else "")
+            isolation = _ISOLATION.get(pair) or _ISOLATION.get((pair[0], ""))
+    if scope == "global":
+        return Classification(_WRITE, Reason.SET, False)
+    if scope in ("session", "local"):
+        settings: list[SettingChange] = []
+        if isolation is not None:
+            settings.append(SettingChange("transaction_isolation", isolation, False))
+        if read_only is not None:
+            settings.append(
+                SettingChange("transaction_read_only", "ON" if read_only else "OFF", False)
+            )
+        return Classification(_SESSION, Reason.SET, True, settings=tuple(settings))
+    return Classification(
+        _TRANSACTION,
+        Reason.TX_CONTROL,
+        read_only is not False,
+        tx=TxAction.SET_TRANSACTION,
+        tx_read_only=read_only,
+    )
+
+
+def _stmt_set_names(st: list[Token], ctx: _Ctx) -> Classification:
+    if len(st) < 3:
+        return _UNKNOWN
+    ctx.sensitive = True
+    charset = _charset_value(st[2])
+    settings = [
+        SettingChange("character_set_client", charset, False),
+        SettingChange("character_set_connection", charset, False),
+        SettingChange("character_set_results", charset, False),
+    ]
+    if len(st) == 5 and st[3][1] == "collate":
+        settings.append(SettingChange("collation_connection", _charset_value(st[4]), False))
+    elif len(st) != 3:
+        return Classification(_SESSION, Reason.SET, True, pins=(PinReason.UNTRACKED_SETTING,))
+    return Classification(_SESSION, Reason.SET, True, settings=tuple(settings))
+
+
+def _stmt_set_charset(st: list[Token], ctx: _Ctx) -> Classification:
+    ctx.sensitive = True
+    value = st[-1]
+    charset = _charset_value(value)
+    # The connection character set becomes character_set_database, which only the server
+    # knows: the change cannot be replayed as settings, so it pins.
+    return Classification(
+        _SESSION,
+        Reason.SET,
+        True,
+        settings=(
+            SettingChange("character_set_client", charset, False),
+            SettingChange("character_set_results", charset, False),
+        ),
+        pins=(PinReason.UNTRACKED_SETTING,),
+    )
+
+
+def _stmt_set_statement(st: list[Token], ctx: _Ctx) -> Classification:
+    # MariaDB SET STATEMENT var = value [, ...] FOR statement: the settings last for one
+    # statement only, so only the inner statement matters (its values can be
+    # expressions too).
+    depth = 0
+    for i in range(2, len(st)):
+        k = st[i][0]
+        if k == "(":
+            depth += 1
+        elif k == ")":
+            depth -= 1
+        elif depth == 0 and st[i][1] == "for" and k == "w" and i + 1 < len(st):
+            facts = _Facts()
+            _scan(st[2:i], facts, ctx, query=False)
+            inner = _statement(st[i + 1 :], ctx)
+            if facts.reason is not None or facts.pins:
+                return dataclasses.replace(
+                    _from_facts(facts, write_reason=facts.reason or Reason.SET), inner=inner
+                )
+            return dataclasses.replace(inner, inner=inner)
+    return _UNKNOWN
+
+
+def _stmt_set_assignments(st: list[Token], ctx: _Ctx) -> Classification:
+    items: list[list[Token]] = []
+    depth = 0
+    start = 1
+    for i in range(1, len(st)):
+        k = st[i][0]
+        if k == "(":
+            depth += 1
+        elif k == ")":
+            depth -= 1
+        elif k == "," and depth == 0:
+            items.append(st[start:i])
+            start = i + 1
+    items.append(st[start:])
+    scope = "session"
+    settings: list[SettingChange] = []
+    variables: list[UserVariable] = []
+    pins: list[PinReason] = []
+    facts = _Facts()
+    autocommit: bool | None = None
+    global_change = False
+    for item in items:
+        if item and item[0][0] == "w" and item[0][1] in _SCOPES:
+            scope = item[0][1]
+            item = item[1:]
+        eq = next((j for j, t in enumerate(item) if t[0] == "op" and t[1] in ("=", ":=")), None)
+        if not eq:
+            return _UNKNOWN
+        target, expr = item[:eq], item[eq + 1 :]
+        if not expr:
+            return _UNKNOWN
+        _scan(expr, facts, ctx, query=True)
+        if len(target) == 1 and target[0][0] == "uv":
+            value = _literal_sql(expr)
+            if value is not None:
+                ctx.sensitive = True
+            variables.append(UserVariable(target[0][1], value))
+            continue
+        name, item_scope = _system_name(target, scope)
+        if name is None:
+            return _UNKNOWN
+        if item_scope in ("global", "persist", "persist_only"):
+            global_change = True
+            continue
+        ctx.sensitive = True
+        value, tracked = _setting_value(expr)
+        if not tracked:
+            pins.append(PinReason.UNTRACKED_SETTING)
+            if name == "autocommit":
+                autocommit = None
+            continue
+        settings.append(SettingChange(name, value, False))
+        if name == "autocommit":
+            if value is None:
+                pins.append(PinReason.UNTRACKED_SETTING)  # DEFAULT: the global value
+                autocommit = None
+            elif value.lower() in _TRUE_WORDS:
+                autocommit = True
+            elif value.lower() in _FALSE_WORDS:
+                autocommit = False
+            else:
+                autocommit = None
+    if facts.dml:
+        facts.write(Reason.DML)
+    if facts.into:
+        facts.write(Reason.SELECT_INTO)
+    if facts.lock:
+        facts.write(Reason.SELECT_FOR_LOCK)
+    reason = facts.reason
+    if global_change and reason is None:
+        reason = Reason.SET
+    all_pins = _dedup([*pins, *facts.pins])
+    if reason is not None:
+        kind, read_only = _WRITE, False
+    elif facts.last_result:
+        kind, reason, read_only = _SESSION, Reason.SET, False
+    else:
+        kind, reason, read_only = _SESSION, Reason.SET, True
+    return Classification(
+        kind,
+        reason,
+        read_only,
+        settings=tuple(settings),
+        pins=all_pins,
+        unpins=tuple(facts.unpins),
+        functions=tuple(facts.functions),
+        user_variables=(*variables, *facts.variables),
+        autocommit=autocommit,
+        uses_last_result=facts.last_result,
+    )
+
+
+# ---- SHOW, EXPLAIN, DESCRIBE, ANALYZE --------------------------------------------------
+def _stmt_show(st: list[Token], ctx: _Ctx) -> Classification:
+    words = [t[1] for t in st[1:] if t[0] == "w"]
+    first = words[0] if words else ""
+    target = " ".join(words[:3])
+    if first in ("warnings", "errors", "profile", "profiles") or (
+        first == "count" and len(st) > 2 and st[-1][1] in ("warnings", "errors")
+    ):
+        return Classification(
+            _READ, Reason.LAST_RESULT, False, target=target, uses_last_result=True
+        )
+    if (
+        (first == "master" and words[1:2] in (["status"], ["logs"]))
+        or (first == "binary" and words[1:2] in (["logs"], ["log"]))
+        or first == "binlog"
+    ):
+        # The primary's binary log position: asked of the primary.
+        return Classification(_READ, Reason.SHOW, False, target=target)
+    return Classification(_READ, Reason.SHOW, True, target=target)
+
+
+def _stmt_explain(st: list[Token], ctx: _Ctx) -> Classification:
+    i = 1
+    analyze = False
+    n = len(st)
+    while i < n:
+        t = st[i]
+        if t[0] == "w" and t[1] in ("extended", "partitions"):
+            i += 1
+        elif t[0] == "w" and t[1] == "analyze":
+            analyze = True
+            i += 1
+        elif t[0] == "w" and t[1] == "format" and i + 2 < n and st[i + 1][1] == "=":
+            i += 3
+        else:
+            break
+    if i >= n:
+        return _UNKNOWN
+    head = st[i]
+    if head[0] == "w" and head[1] == "for" and i + 1 < n and st[i + 1][1] == "connection":
+        return Classification(_READ, Reason.EXPLAIN, True)
+    if head[0] != "(" and not (head[0] == "w" and head[1] in _EXPLAINABLE):
+        return Classification(_READ, Reason.EXPLAIN, True)  # DESCRIBE table [column]
+    inner = _statement(st[i:], ctx)
+    return _explained(inner, analyze)
+
+
+def _stmt_analyze(st: list[Token], ctx: _Ctx) -> Classification:
+    # MariaDB ANALYZE [FORMAT=JSON] statement runs it; ANALYZE TABLE is maintenance.
+    i = 1
+    if len(st) > 3 and st[1][1] == "format" and st[2][1] == "=":
+        i = 4
+    if i < len(st) and (st[i][0] == "(" or (st[i][1] in _EXPLAINABLE and st[i][1] != "table")):
+        return _explained(_statement(st[i:], ctx), True)
+    return Classification(_WRITE, Reason.MAINTENANCE, False, implicit_commit=True)
+
+
+def _stmt_call(st: list[Token], ctx: _Ctx) -> Classification:
+    parts: list[str] = []
+    for t in st[1:]:
+        if t[0] in ("w", "q"):
+            parts.append(t[1])
+        elif t[0] != ".":
+            break
+    name = ".".join(parts)
+    return Classification(_WRITE, Reason.CALL_OR_DO, False, functions=(name,) if name else ())
+
+
+def _stmt_get(st: list[Token], ctx: _Ctx) -> Classification:
+    words = [t[1] for t in st[1:3]]
+    if "diagnostics" in words:
+        return Classification(_READ, Reason.LAST_RESULT, False, uses_last_result=True)
+    return _UNKNOWN
+
+
+def _stmt_help(st: list[Token], ctx: _Ctx) -> Classification:
+    return Classification(_READ, Reason.SHOW, True, target="help")
+
+
+# ---- DDL -------------------------------------------------------------------------------
+def _stmt_ddl(st: list[Token], ctx: _Ctx) -> Classification:
+    verb = st[0][1]
+    head = [t[1] for t in st[1:6] if t[0] == "w"]
+    before_table = head[: head.index("table")] if "table" in head else []
+    if verb == "create" and "temporary" in before_table:
+        return Classification(_WRITE, Reason.DDL, False, pins=(PinReason.TEMP_TABLE,))
+    if verb == "drop" and head[:1] == ["temporary"]:
+        i = 3  # DROP TEMPORARY TABLE [IF EXISTS] name
+        if i + 1 < len(st) and st[i][1] == "if":
+            i += 2
+        target = _name_of(st[i]) if i < len(st) else None
+        return Classification(
+            _WRITE, Reason.DDL, False, unpins=(UnpinEvent.DROP_TEMP_TABLE,), target=target
+        )
+    if verb == "drop" and head[:1] == ["prepare"]:
+        return _stmt_deallocate(st, ctx)
+    return _DDL
 
 
 def _explained(inner: Classification, analyze: bool) -> Classification:
@@ -1549,43 +1588,43 @@ def _charset_value(t: Token) -> str | None:
     return t[1].lower()
 
 
-_Handler = Callable[[Classifier, list[Token], _Ctx], Classification]
+_Handler = Callable[[list[Token], _Ctx], Classification]
 _HANDLERS: Final[dict[str, _Handler]] = {
-    "select": Classifier._query,
-    "values": Classifier._query,
-    "table": Classifier._query,
-    "with": Classifier._with,
-    "do": Classifier._do,
-    "insert": Classifier._dml,
-    "update": Classifier._dml,
-    "delete": Classifier._dml,
-    "replace": Classifier._dml,
-    "load": Classifier._load,
-    "begin": Classifier._begin,
-    "start": Classifier._start,
-    "commit": Classifier._commit,
-    "rollback": Classifier._commit,
-    "savepoint": Classifier._savepoint,
-    "release": Classifier._release,
-    "xa": Classifier._xa,
-    "lock": Classifier._lock,
-    "unlock": Classifier._unlock,
-    "flush": Classifier._flush,
-    "backup": Classifier._backup,
-    "use": Classifier._use,
-    "prepare": Classifier._prepare,
-    "execute": Classifier._execute,
-    "deallocate": Classifier._deallocate,
-    "handler": Classifier._handler,
-    "set": Classifier._set,
-    "show": Classifier._show,
-    "explain": Classifier._explain,
-    "describe": Classifier._explain,
-    "desc": Classifier._explain,
-    "analyze": Classifier._analyze,
-    "call": Classifier._call,
-    "get": Classifier._get,
-    "help": Classifier._help,
+    "select": _stmt_query,
+    "values": _stmt_query,
+    "table": _stmt_query,
+    "with": _stmt_with,
+    "do": _stmt_do,
+    "insert": _stmt_dml,
+    "update": _stmt_dml,
+    "delete": _stmt_dml,
+    "replace": _stmt_dml,
+    "load": _stmt_load,
+    "begin": _stmt_begin,
+    "start": _stmt_start,
+    "commit": _stmt_commit,
+    "rollback": _stmt_commit,
+    "savepoint": _stmt_savepoint,
+    "release": _stmt_release,
+    "xa": _stmt_xa,
+    "lock": _stmt_lock,
+    "unlock": _stmt_unlock,
+    "flush": _stmt_flush,
+    "backup": _stmt_backup,
+    "use": _stmt_use,
+    "prepare": _stmt_prepare,
+    "execute": _stmt_execute,
+    "deallocate": _stmt_deallocate,
+    "handler": _stmt_handler,
+    "set": _stmt_set,
+    "show": _stmt_show,
+    "explain": _stmt_explain,
+    "describe": _stmt_explain,
+    "desc": _stmt_explain,
+    "analyze": _stmt_analyze,
+    "call": _stmt_call,
+    "get": _stmt_get,
+    "help": _stmt_help,
 }
 
 

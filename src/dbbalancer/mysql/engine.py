@@ -9,11 +9,12 @@ autocommit off is held to its connection until it turns it back on).
 
 The client session (`mysql/frontend.py`) hands the engine one command at a time (the others wait
 in its queue until `busy` is false), tells it where each response ends (`response_done`) and
-when the connection is lost (`lost`). Everything that talks to the wire for a unit lives here:
-routing (`core/routing.decide` on `mysql/classify`'s answer), checkout with the session state
-replayed (a dirty session is replayed in the checkout task before the table hears CONNECTED),
-the hidden end-of-unit requests (user variables read back, the GTID of a write for
-read-your-writes) and giving connections back (reset when the client changed session state).
+when the connection is lost (`lost`). The engine runs the table, sends commands, learns from
+responses and runs the hidden end-of-unit requests (user variables read back, the GTID of a
+write for read-your-writes); routing (`core/routing.decide` on `mysql/classify`'s answer),
+checkout with the session state replayed (a dirty session is replayed in the checkout task
+before the table hears CONNECTED), re-runs and giving connections back (reset when the client
+changed session state) are `mysql/checkout.py`'s.
 
 Replica reads are held back until the server's first packet: a read-only refusal (1290, 1792)
 as the whole answer re-runs the command on the primary (and the classifier remembers the
@@ -26,13 +27,9 @@ import collections
 import logging
 from typing import TYPE_CHECKING, Final
 
-from dbbalancer.config import Route
-from dbbalancer.config.model import ReadOnlyTransactions
-from dbbalancer.core.cluster import NoServerAvailable
-from dbbalancer.core.errors import ErrorClass, ErrorCode
-from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
+from dbbalancer.core.errors import ErrorClass
+from dbbalancer.core.pool import Pool
 from dbbalancer.core.position import Position
-from dbbalancer.core.routing import Target, decide
 from dbbalancer.core.statement import Classification
 from dbbalancer.core.unitofwork import (
     HOLDS_OUTPUT,
@@ -43,10 +40,10 @@ from dbbalancer.core.unitofwork import (
     UnitState,
     work_done,
 )
-from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
+from dbbalancer.mysql.backend import ServerConnection
+from dbbalancer.mysql.checkout import UnitCheckout
 from dbbalancer.mysql.codec import (
     CommandByte,
-    ComSetOption,
     OkPacket,
     Packet,
     ProtocolError,
@@ -55,6 +52,7 @@ from dbbalancer.mysql.codec import (
 from dbbalancer.mysql.errors import class_of
 from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
 from dbbalancer.mysql.sessionstate import MySessionState, literal_of
+from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF
 
 if TYPE_CHECKING:
     from dbbalancer.mysql.frontend import ClientSession
@@ -70,10 +68,6 @@ _F = Effect
 # Commands that get no response: with no connection held they concern nothing on a server.
 _NO_RESPONSE: Final = frozenset({CommandByte.STMT_CLOSE, CommandByte.STMT_SEND_LONG_DATA})
 _BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
-_MULTI_STATEMENTS_ON: Final = 0
-_MULTI_STATEMENTS_OFF: Final = 1
-# Dead pooled connections skipped in one checkout before the unit fails.
-_CHECKOUT_ATTEMPTS: Final = 4
 
 
 class TxEngine:
@@ -86,12 +80,7 @@ class TxEngine:
         self.cluster = cluster
         self.state = state
         self.unit = _S.IDLE
-        config = cluster.config
-        self.split = config.read_write_split
-        self.read_your_writes = config.read_your_writes
-        self.ro_tx_to_replica = config.read_only_transactions is ReadOnlyTransactions.REPLICA
-        user = session.user
-        self.default_primary = user is not None and user.default_route is Route.PRIMARY
+        self.read_your_writes = cluster.config.read_your_writes
         self.backlog: collections.deque[Packet] = collections.deque()
         self.packet: Packet | None = None  # the client command an effect works on
         self.recorded: Packet | None = None  # a replica read, to re-run elsewhere
@@ -101,15 +90,12 @@ class TxEngine:
         self.pool: Pool[ServerConnection] | None = None
         self.on_primary = False
         self.held_dirty = False  # the connection carries session state: reset it on release
-        self.offer: tuple[Pool[ServerConnection], ServerConnection, bool] | None = None
-        self.failure: tuple[ErrorCode, str] | None = None
-        self.force_primary = False
-        self.exclude: frozenset[str] = frozenset()
         self.wrote = False  # the unit wrote on the primary: learn its position
         self.min_position: Position | None = None
         self.hidden_running = False
-        self.target_wanted = Target.PRIMARY
         self.last_insert_id = 0  # to restore on the connection before the next command
+        # Routing, checkout, re-runs and giving back (mysql/checkout.py).
+        self.checkout = UnitCheckout(self)
 
     # -- the table ------------------------------------------------------------------------
 
@@ -124,7 +110,7 @@ class TxEngine:
         if effect is _F.WAIT or effect is _F.WAIT_OR_ANSWER:
             self._wait(answer=effect is _F.WAIT_OR_ANSWER)
         elif effect is _F.ROUTE:
-            self._route()
+            self.checkout.route()
         elif effect is _F.SEND:
             self._send()
         elif effect is _F.RECORD:
@@ -132,25 +118,23 @@ class TxEngine:
         elif effect is _F.TERMINATE:
             self.session.quit()
         elif effect is _F.ATTACH:
-            self._attach()
+            self.checkout.attach()
         elif effect is _F.SEND_BACKLOG:
             self._send_backlog()
         elif effect is _F.AWAIT_CONNECTION:
-            self.session.service.spawn(self._acquire())
+            self.session.service.spawn(self.checkout.acquire())
         elif effect is _F.RESUME_READING or effect is _F.DRAIN:
             self.session.engine_ready()
         elif effect is _F.FAIL_UNIT:
-            self._fail_unit()
+            self.checkout.fail_unit()
         elif effect is _F.RELEASE_UNUSED:
-            offer, self.offer = self.offer, None
-            if offer is not None:
-                self.session.service.spawn(self._give_back(offer[0], offer[1], reset=True))
+            self.checkout.release_unused()
         elif effect is _F.RERUN_ON_PRIMARY:
-            self._rerun(primary=True)
+            self.checkout.rerun(primary=True)
         elif effect is _F.RERUN_ELSEWHERE:
-            self._rerun(primary=False)
+            self.checkout.rerun(primary=False)
         elif effect is _F.FAIL_LOST:
-            self._fail_lost()
+            self.checkout.fail_lost()
         elif effect is _F.SETTLE or effect is _F.ASK_POSITION:
             if self.unit is _S.SETTLING and not self.hidden_running:
                 self.hidden_running = True
@@ -158,12 +142,10 @@ class TxEngine:
         elif effect is _F.KEEP:
             log.debug("%r: keeps its connection: %s", self.session, self.state.pin_reasons())
         elif effect is _F.RELEASE or effect is _F.RESET_AND_RELEASE:
-            self._release()
+            self.checkout.release()
         elif effect is _F.GIVE_BACK:
-            self._release()
-            offer, self.offer = self.offer, None
-            if offer is not None:
-                self.session.service.spawn(self._give_back(offer[0], offer[1], reset=True))
+            self.checkout.release()
+            self.checkout.release_unused()
         elif effect is _F.LEARN or effect is _F.FLUSH:
             pass
         else:
@@ -209,130 +191,13 @@ class TxEngine:
     def _status(self) -> int:
         return ServerStatus.AUTOCOMMIT
 
-    def _classify(self, packet: Packet) -> Classification | None:
+    def classify(self, packet: Packet) -> Classification | None:
+        """The classification of a COM_QUERY (None for the other commands)."""
         if packet.payload[0] != CommandByte.QUERY:
             return None
         return self.session.service.classifier.classify(
             bytes(packet.payload[1:]).decode("utf-8", "replace")
         )
-
-    def _target(self, c: Classification | None) -> Target:
-        if self.force_primary or c is None or c.autocommit is False:
-            return Target.PRIMARY
-        decision = decide(
-            c,
-            split=self.split,
-            default_primary=self.default_primary,
-            read_only_transactions_to_replica=self.ro_tx_to_replica,
-        )
-        log.debug("%r: %s (%s)", self.session, decision.target.value, decision.reason.value)
-        return decision.target
-
-    def _route(self) -> None:
-        if not self.backlog:
-            return
-        c = self._classify(self.backlog[0])
-        target = self._target(c)
-        runtime = self.cluster.runtime
-        self.last_insert_id = 0
-        if c is not None and c.uses_last_result:
-            # The statement asks about the previous one, which ran on a connection that may
-            # have served others since: LAST_INSERT_ID() is given back its value first.
-            self.last_insert_id = self.state.last_insert_id
-        if not self.state.dirty and not self.exclude and not self.last_insert_id:
-            user = self.session.user
-            assert user is not None
-            found = runtime.try_checkout(user.name, target, min_position=self.min_position)
-            if not isinstance(found, list):
-                choice, pool, conn = found
-                self._offered(pool, conn, runtime.primary() != choice.server)
-                return
-        self.target_wanted = target
-        self.fire(_E.MUST_WAIT)
-
-    def _offered(self, pool: Pool[ServerConnection], conn: ServerConnection, replica: bool) -> None:
-        self.offer = (pool, conn, replica)
-        self.fire(_E.CONNECTED_READ if replica else _E.CONNECTED)
-
-    async def _acquire(self) -> None:
-        """Check a connection out (waiting if need be) and replay the session on it. A pooled
-        connection found dead (its server went away while it was idle) is dropped and another
-        one taken, on another server for a replica read."""
-        found: tuple[Pool[ServerConnection], ServerConnection, bool] | None = None
-        for _ in range(_CHECKOUT_ATTEMPTS):
-            found = await self._checkout_once()
-            if found is not None or self.failure is not None:
-                break
-        if found is None:
-            if self.failure is None:
-                self.failure = (ErrorCode.SERVER_UNAVAILABLE, "no server connection")
-            if self.unit is not _S.CLOSED:
-                self.fire(_E.NO_SERVER)
-            return
-        self.exclude = frozenset()
-        pool, conn, replica = found
-        self._offered(pool, conn, replica)
-
-    async def _checkout_once(
-        self,
-    ) -> tuple[Pool[ServerConnection], ServerConnection, bool] | None:
-        """One checkout and replay; None with `failure` set when the unit must fail, None
-        without it when the connection died and another may be tried."""
-        user = self.session.user
-        assert user is not None
-        runtime = self.cluster.runtime
-        target = self.target_wanted
-        try:
-            choice, pool, conn = await runtime.checkout(
-                user.name,
-                target,
-                wait_limit=self.cluster.config.query_wait_timeout,
-                min_position=self.min_position if target is Target.REPLICA else None,
-                exclude=self.exclude,
-            )
-        except PoolTimeout as exc:
-            self.failure = (ErrorCode.POOL_TIMEOUT, str(exc))
-            return None
-        except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:
-            self.failure = (ErrorCode.SERVER_UNAVAILABLE, str(exc))
-            return None
-        except Exception as exc:
-            self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"no server connection: {exc}")
-            return None
-        replica = runtime.primary() != choice.server
-        try:
-            await self._replay(conn)
-        except ServerError as exc:
-            self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"replaying the session: {exc.message}")
-            await self._give_back(pool, conn, reset=True)
-            return None
-        except Exception as exc:
-            log.info("%r: %r is gone (%s); taking another", self.session, conn, exc)
-            pool.release(conn, reusable=False, reason=DropReason.BROKEN)
-            if replica:
-                self.exclude = self.exclude | {conn.server.name}
-                runtime.report_failure(conn.server)
-            return None
-        return pool, conn, replica
-
-    async def _replay(self, conn: ServerConnection) -> None:
-        sql = self.state.replay_sql()
-        if self.last_insert_id:
-            restore = f"DO LAST_INSERT_ID({self.last_insert_id})"
-            sql = restore if sql is None else f"{sql}; {restore}"
-        if sql is not None:
-            await conn.query(sql)
-        if self.state.multi_statements_off:
-            await conn.roundtrip(ComSetOption(_MULTI_STATEMENTS_OFF).encode())
-
-    def _attach(self) -> None:
-        offer, self.offer = self.offer, None
-        assert offer is not None
-        pool, conn, replica = offer
-        self.conn, self.pool, self.on_primary = conn, pool, not replica
-        self.held_dirty = self.state.dirty
-        self.session.server, self.session.pool = conn, pool
-        conn.attach(self.session)
 
     def _send_backlog(self) -> None:
         while self.backlog and self.unit in SENDS_FRAMES:
@@ -347,23 +212,13 @@ class TxEngine:
         if packet is None or conn is None:
             return
         self.sent = packet
-        self.sent_class = self._classify(packet)
+        self.sent_class = self.classify(packet)
         if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
             self.fire(_E.LOST)
             return
         self.session.send_to_server(packet)
         if not conn.in_flight:  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
             self.response_done(conn)
-
-    def _fail_unit(self) -> None:
-        failure, self.failure = self.failure, None
-        if self.backlog:
-            packet = self.backlog.popleft()
-            code, message = failure or (ErrorCode.SERVER_UNAVAILABLE, "no server connection")
-            self.session.answer_error(packet, code, message)
-        self.force_primary = False
-        self.exclude = frozenset()
-        self.session.engine_ready()
 
     # -- responses ------------------------------------------------------------------------
 
@@ -427,7 +282,7 @@ class TxEngine:
             state.reset()
         elif code == CommandByte.SET_OPTION and len(packet.payload) >= 3:
             option = int.from_bytes(packet.payload[1:3], "little")
-            state.multi_statements_off = option == _MULTI_STATEMENTS_OFF
+            state.multi_statements_off = option == MULTI_STATEMENTS_OFF
         else:
             self.wrote = self.wrote or (self.on_primary and code != CommandByte.PING)
         self.sent = self.sent_class = None
@@ -442,7 +297,7 @@ class TxEngine:
             ask = self.read_your_writes and self.wrote and not in_tx
         pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT)
         if not in_tx and not read_back and not ask:
-            self.force_primary = False
+            self.checkout.force_primary = False
         return work_done(
             in_transaction=in_tx,
             statement_mode=False,
@@ -480,7 +335,7 @@ class TxEngine:
             conn.mark_broken()
         if self.unit is _S.CLOSED:
             self.hidden_running = False
-            self._release()
+            self.checkout.release()
             return
         if not conn.broken:
             conn.attach(self.session)
@@ -504,74 +359,6 @@ class TxEngine:
         if conn is not self.conn:
             return
         self.fire(_E.LOST)
-
-    def _fail_lost(self) -> None:
-        conn = self._drop_conn()
-        name = conn.server.name if conn is not None else "?"
-        self.session.lost_mid_unit(f"Lost connection to server {name} during query")
-
-    def _drop_conn(self) -> ServerConnection | None:
-        conn, pool = self.conn, self.pool
-        self.conn = self.pool = None
-        self.session.server = self.session.pool = None
-        if conn is not None:
-            conn.detach()
-            if pool is not None:
-                pool.release(conn, reusable=False, reason=DropReason.BROKEN)
-        return conn
-
-    def _rerun(self, *, primary: bool) -> None:
-        packet, self.recorded = self.recorded, None
-        conn = self.conn
-        if primary:
-            c = self._classify(packet) if packet is not None else None
-            if packet is not None and c is not None:
-                self.session.service.classifier.remember_write(
-                    bytes(packet.payload[1:]).decode("utf-8", "replace")
-                )
-            log.info("%r: a replica refused a read as a write; running it on the primary", self)
-            self.force_primary = True
-            self._release()
-        else:
-            log.info("%r: replica lost before answering; running the read again", self.session)
-            if conn is not None:
-                self.exclude = self.exclude | {conn.server.name}
-                self.cluster.runtime.report_failure(conn.server)
-            self._drop_conn()
-        self.sent = self.sent_class = None
-        if packet is not None:
-            self.backlog.appendleft(packet)
-        self._route()
-
-    # -- giving back ----------------------------------------------------------------------
-
-    def _release(self) -> None:
-        conn, pool = self.conn, self.pool
-        self.conn = self.pool = None
-        self.session.server = self.session.pool = None
-        if conn is None or pool is None:
-            return
-        mid = conn.in_flight
-        conn.detach()
-        if mid or conn.broken:
-            pool.release(conn, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
-            return
-        reset = self.held_dirty or self.state.dirty or self.state.pinned or conn.in_transaction
-        self.held_dirty = False
-        if not reset:
-            pool.release(conn)
-            return
-        self.session.service.spawn(self._give_back(pool, conn, reset=True))
-
-    async def _give_back(
-        self, pool: Pool[ServerConnection], conn: ServerConnection, *, reset: bool
-    ) -> None:
-        restore: list[bytes] = []
-        if self.state.multi_statements_off:
-            restore.append(ComSetOption(_MULTI_STATEMENTS_ON).encode())
-        if self.state.database != self.state.home_database:
-            restore.append(bytes((CommandByte.INIT_DB,)) + self.state.home_database.encode("utf-8"))
-        await self.session.service.give_back(pool, conn, restore)
 
     def __repr__(self) -> str:
         return f"<TxEngine {self.session!r} {self.unit.name}>"

@@ -1,14 +1,17 @@
 """Client connections to the proxy (the proxy plays the MySQL/MariaDB server here).
 
-A `ClientSession` greets the client and runs its login (`mysql.login`, sans-IO) as a coroutine,
+A `ClientSession` greets the client and runs its login (`mysql.login`, sans-IO) as a coroutine
+(that first half, `ConnectionPhase`, and COM_CHANGE_USER's new login are in `mysql.startup`),
 bounded by general.client_login_timeout: before the login ends every packet is checked against a
 small limit (PRE_AUTH_MAX_PAYLOAD) before it is buffered, and garbage, an oversized length or
 an out-of-order packet gets an ERR and the connection closes. The user's database names the
 cluster (a client naming none lands on the user's `default_cluster`, or the only MySQL
 cluster). Then the session checks out a primary connection (session pooling) and forwards:
-one command at a time goes to the server, and the server's packets come back renumbered from
-the client's last sequence id, with `conn.tracker` (a codec.ResponseTracker) saying where each
-response ends. Commands a client pipelines behind one in flight wait in a short queue.
+one command at a time goes to the server (under transaction pooling a `mysql.engine.TxEngine`
+takes the command and picks the connection for each unit of work), and the server's packets
+come back renumbered from the client's last sequence id, with `conn.tracker` (a
+codec.ResponseTracker) saying where each response ends. Commands a client pipelines behind one
+in flight wait in a short queue.
 
 The command phase keeps these to itself:
 
@@ -29,54 +32,44 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import re
 from typing import TYPE_CHECKING, Final, cast
 
-from dbbalancer.config import PoolMode, UserConfig
-from dbbalancer.core.cluster import NoServerAvailable
 from dbbalancer.core.errors import ErrorCode
-from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
-from dbbalancer.core.routing import Target
-from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
+from dbbalancer.core.pool import DropReason
+from dbbalancer.mysql.backend import ServerConnection
 from dbbalancer.mysql.codec import (
     MAX_CHUNK,
     Capability,
-    ComChangeUser,
     ComInitDb,
     CommandByte,
     ComSetOption,
     ErrPacket,
     OkPacket,
     Packet,
-    PacketReader,
     Phase,
     ProtocolError,
-    decode_command,
-    encode_packets,
 )
 from dbbalancer.mysql.engine import TxEngine
-from dbbalancer.mysql.errors import error_of
-from dbbalancer.mysql.login import ClientLogin, LoggedIn, Reply
 from dbbalancer.mysql.sessionstate import MySessionState
+from dbbalancer.mysql.startup import (
+    MULTI_STATEMENTS_ON,
+    PRE_AUTH_MAX_PAYLOAD,
+    ConnectionPhase,
+    Refused,
+)
 
 if TYPE_CHECKING:
+    from dbbalancer.mysql.login import LoggedIn
     from dbbalancer.mysql.service import MySqlCluster, MySqlService
 
 __all__ = ["PRE_AUTH_MAX_PAYLOAD", "ClientSession", "Refused"]
 
 log = logging.getLogger(__name__)
 
-# Before the login ends a client sends a HandshakeResponse41 (user, database, a few hundred
-# bytes of attributes) and auth answers (an RSA block of 512 bytes at most): 64 kB is plenty,
-# and a packet claiming more is refused before anything is buffered.
-PRE_AUTH_MAX_PAYLOAD: Final = 64 * 1024
 # Commands a client may pipeline behind the one in flight before the proxy stops reading it.
 MAX_QUEUED_COMMANDS: Final = 64
-# MYSQL_OPTION_MULTI_STATEMENTS_ON / _OFF (COM_SET_OPTION).
-MULTI_STATEMENTS_ON: Final = 0
-MULTI_STATEMENTS_OFF: Final = 1
 # The commands of a replica or a binlog reader, which the proxy does not relay.
 _REPLICATION_COMMANDS: Final = frozenset(
     {
@@ -93,59 +86,20 @@ _ER_NOT_ALLOWED_COMMAND: Final = (1148, "42000")
 # A COM_QUERY that may change the current database (USE): the connection's default is restored
 # before the next client gets it.
 _USE: Final = re.compile(rb"(?i)\buse\b")
-_CONNECTION_IDS = itertools.count(1)
 
 
-class Refused(Exception):
-    """A login refused with a MySQL error (sent as ERR, then the connection closes)."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ClientSession(asyncio.Protocol):
-    """One client connection, from greeting to close."""
+class ClientSession(ConnectionPhase):
+    """One client connection, from greeting to close: the connection phase (`ConnectionPhase`),
+    then the command phase here."""
 
     def __init__(self, service: MySqlService) -> None:
-        self.service = service
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.peer_host = "?"
-        self.connection_id = next(_CONNECTION_IDS) & 0xFFFFFFFF
-        self.reader = PacketReader(PRE_AUTH_MAX_PAYLOAD, expected_sequence=1)
-        self.login: ClientLogin | None = None
-        self.logged_in: LoggedIn | None = None
-        self.user: UserConfig | None = None
-        self.cluster: MySqlCluster | None = None
-        self.server: ServerConnection | None = None
-        self.pool: Pool[ServerConnection] | None = None
-        self.closed = False
-        self._counted = False
-        self._forwarding = False
-        # Login-phase packets for the coroutine, and what woke it.
-        self._packets: collections.deque[Packet] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._failure: BaseException | None = None
-        self._closed_waiter: asyncio.Future[None] | None = None
-        # Command phase.
+        super().__init__(service)
         self._queue: collections.deque[Packet] = collections.deque()
-        self._client_seq = 0  # next sequence id toward the client
         self._server_seq = 0  # next sequence id toward the server (LOCAL INFILE data)
         self._infile = False  # the client is sending a file
         self._swallow: ErrPacket | None = None  # replace the rest of this response by this ERR
-        self._changing_user = False
-        self._reading_paused = False
-        # What the next client of the server connection must not inherit.
-        self._database_dirty = False
-        self._options_dirty = False
         # Transaction pooling: the units of work (None under session pooling).
         self.engine: TxEngine | None = None
-
-    def __repr__(self) -> str:
-        user = self.user.name if self.user else "?"
-        return f"<mysql.ClientSession {user}@{self.peer} id={self.connection_id}>"
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -166,8 +120,7 @@ class ClientSession(asyncio.Protocol):
         try:
             self.reader.feed(data)
             if not self._forwarding:
-                self._packets.extend(self.reader)
-                self._wake()
+                self._inbox.put(self.reader)
                 return
             for packet in self.reader:
                 self._client_packet(packet)
@@ -177,55 +130,17 @@ class ClientSession(asyncio.Protocol):
             if self._forwarding:
                 self._fail(ErrorCode.PROTOCOL_VIOLATION, exc.message)
             else:
-                self._failure = exc
-                self._wake()
+                self._inbox.fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         log.debug("%r: connection lost (%s)", self, exc)
         self.closed = True
         self._forwarding = False
-        if self._failure is None:
-            self._failure = ConnectionError("client closed the connection")
-        self._wake()
+        self._inbox.fail(ConnectionError("client closed the connection"), replace=False)
         waiter = self._closed_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self._release_server()
-
-    def pause_writing(self) -> None:
-        server = self.server
-        if server is not None:
-            server.pause_reading()
-
-    def resume_writing(self) -> None:
-        server = self.server
-        if server is not None:
-            server.resume_reading()
-
-    # -- writing --------------------------------------------------------------------------------
-
-    def _send(self, payloads: tuple[bytes, ...] | list[bytes]) -> None:
-        """Frame payloads with the client's next sequence ids and write them."""
-        transport = self.transport
-        seq = self._client_seq
-        chunks = []
-        for payload in payloads:
-            data, seq = encode_packets(payload, seq)
-            chunks.append(data)
-        self._client_seq = seq
-        if transport is not None and not transport.is_closing():
-            transport.writelines(chunks)
-
-    def _send_error(self, code: ErrorCode, message: str) -> None:
-        errno, sqlstate = error_of(code)
-        self._send((ErrPacket(errno, sqlstate, message).encode(),))
-
-    def close(self) -> None:
-        """Close after flushing what was written."""
-        self.closed = True
-        self._forwarding = False
-        if self.transport is not None:
-            self.transport.close()
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         """Tell the client why and close it; the server connection is not reused."""
@@ -237,119 +152,7 @@ class ClientSession(asyncio.Protocol):
         self._release_server()
         self.close()
 
-    # -- login ----------------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _next_packet(self) -> Packet:
-        while not self._packets:
-            if self._failure is not None:
-                raise self._failure
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._packets.popleft()
-
-    async def _serve(self) -> None:
-        settings = self.service.settings
-        try:
-            try:
-                async with asyncio.timeout(settings.client_login_timeout or None):
-                    await self._login()
-            except TimeoutError:
-                self._send_error(ErrorCode.LOGIN_TIMEOUT, "Bad handshake: login timed out")
-                self.close()
-                return
-            except ProtocolError as exc:
-                log.info("%r: bad login packet: %s", self, exc.message)
-                self._send_error(ErrorCode.PROTOCOL_VIOLATION, f"Bad handshake: {exc.message}")
-                self.close()
-                return
-            except Refused as refused:
-                self._send_error(refused.code, refused.message)
-                self.close()
-                return
-            await self._wait_closed()
-        except ConnectionError:
-            pass
-        except Exception:
-            log.exception("%r: unexpected error", self)
-            self._send_error(ErrorCode.INTERNAL_ERROR, "internal error in dbbalancer; see its log")
-            self.close()
-        finally:
-            self._release_server()
-            if self._counted and self.user is not None:
-                self.service.limits.leave(self.user)
-                self._counted = False
-            self.service.sessions.discard(self)
-
-    async def _wait_closed(self) -> None:
-        if self._closed_waiter is not None:
-            await asyncio.shield(self._closed_waiter)
-
-    async def _login(self) -> None:
-        login = self.login = self.service.new_login(self.connection_id, self.peer_host)
-        self._client_seq = 0
-        self._send((login.greeting(),))
-        while True:
-            packet = await self._next_packet()
-            self._client_seq = (packet.last_sequence_id + 1) & 0xFF
-            reply = login.receive(packet.payload)
-            if reply.accepted is not None:
-                await self._logged_in(reply)
-                return
-            self._send(reply.packets)
-            if reply.refused:
-                log.info("%r: login refused: %s", self, login.failure or "see the client")
-                self.close()
-                return
-            self.reader.expected_sequence = self._client_seq
-
-    async def _logged_in(self, reply: Reply) -> None:
-        """Pick the cluster, count the client, take a server connection, then send the OK."""
-        done = reply.accepted
-        assert done is not None
-        self.logged_in = done
-        self.user = done.user
-        cluster = self.service.cluster_for(done.user, done.database)
-        self.cluster = cluster
-        mode = cluster.config.effective_pool_mode(done.user)
-        if mode is PoolMode.STATEMENT:
-            raise Refused(
-                ErrorCode.SESSION_STATE_REFUSED,
-                "pool_mode 'statement' is not available for MySQL clients yet (issue #12); "
-                f'user \'{done.user.name}\' needs pool_mode = "transaction" or "session"',
-            )
-        self.service.admit(done.user)
-        self._counted = True
-        if mode is PoolMode.TRANSACTION:
-            self._start_transaction_pooling(reply, cluster, done)
-            return
-        server, pool = await self._acquire(cluster, done.user)
-        try:
-            await self._prepare(server, done)
-        except BaseException:
-            pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
-            raise
-        self.server, self.pool = server, pool
-        self.reader.max_payload = self.service.settings.max_message_size
-        self.reader.expected_sequence = None
-        server.attach(self)
-        self._forwarding = True
-        self._send(reply.packets)
-        queued = list(self._packets)
-        self._packets.clear()
-        for packet in queued:  # a client that pipelined its first command behind the login
-            self._client_packet(packet)
-
-    def _start_transaction_pooling(
-        self, reply: Reply, cluster: MySqlCluster, done: LoggedIn
-    ) -> None:
+    def _start_transaction_pooling(self, cluster: MySqlCluster, done: LoggedIn) -> None:
         """Transaction pooling: no connection until the first command (mysql/engine.py)."""
         state = MySessionState(
             database=cluster.config.server_database,
@@ -357,44 +160,6 @@ class ClientSession(asyncio.Protocol):
         )
         state.multi_statements_off = not done.capabilities & Capability.MULTI_STATEMENTS
         self.engine = TxEngine(self, cluster, state)
-        self.reader.max_payload = self.service.settings.max_message_size
-        self.reader.expected_sequence = None
-        self._forwarding = True
-        self._send(reply.packets)
-        queued = list(self._packets)
-        self._packets.clear()
-        for packet in queued:
-            self._client_packet(packet)
-
-    async def _acquire(
-        self, cluster: MySqlCluster, user: UserConfig
-    ) -> tuple[ServerConnection, Pool[ServerConnection]]:
-        try:
-            _, pool, server = await cluster.runtime.checkout(
-                user.name, Target.PRIMARY, wait_limit=cluster.config.query_wait_timeout
-            )
-        except PoolTimeout as timeout:
-            raise Refused(ErrorCode.POOL_TIMEOUT, str(timeout)) from None
-        except (NoServerAvailable, ServerUnavailable, PoolClosed) as unavailable:
-            raise Refused(ErrorCode.SERVER_UNAVAILABLE, str(unavailable)) from None
-        except ServerError as refused:
-            raise Refused(
-                ErrorCode.SERVER_UNAVAILABLE,
-                f"the server refused dbbalancer's login as '{user.name}': {refused.message}",
-            ) from None
-        self.service.learn_version(server)
-        return server, pool
-
-    async def _prepare(self, server: ServerConnection, done: LoggedIn) -> None:
-        """Give the pooled connection the client's character set and statement mode."""
-        names = self.service.set_names(done.charset)
-        if names is not None:
-            await server.query(names)
-        if not done.capabilities & Capability.MULTI_STATEMENTS:
-            # The pooled connection allows multi-statements; this client did not ask for them,
-            # so "a; b" must fail as it would on the server.
-            await server.roundtrip(ComSetOption(MULTI_STATEMENTS_OFF).encode())
-            self._options_dirty = True
 
     # -- command phase ----------------------------------------------------------------------------
 
@@ -515,17 +280,6 @@ class ClientSession(asyncio.Protocol):
             self._send_error(ErrorCode.SERVER_CONNECTION_LOST, message)
             self.close()
 
-    def _pause_client(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self.transport.pause_reading()
-            self._reading_paused = True
-
-    def _resume_client(self) -> None:
-        if self._reading_paused and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
-            self._reading_paused = False
-
     # ServerSink: called by the attached ServerConnection.
 
     def server_packets(self, conn: ServerConnection, packets: list[Packet]) -> None:
@@ -610,88 +364,6 @@ class ClientSession(asyncio.Protocol):
                 f"Lost connection to server {conn.server.name} during query",
             )
             self.close()
-
-    # -- COM_CHANGE_USER ----------------------------------------------------------------------
-
-    def _start_change_user(self, payload: bytes) -> None:
-        login, done = self.login, self.logged_in
-        if login is None or done is None:
-            self._fail(ErrorCode.PROTOCOL_VIOLATION, "COM_CHANGE_USER before login")
-            return
-        command = decode_command(payload, done.capabilities)
-        assert isinstance(command, ComChangeUser)
-        self._changing_user = True
-        self._pause_server_reading()
-        self._change_user_reply(login.change_user(command))
-
-    def _change_user_packet(self, packet: Packet) -> None:
-        login = self.login
-        assert login is not None
-        self._client_seq = (packet.last_sequence_id + 1) & 0xFF
-        try:
-            reply = login.receive(packet.payload)
-        except ProtocolError as exc:
-            self._fail(ErrorCode.PROTOCOL_VIOLATION, exc.message)
-            return
-        self._change_user_reply(reply)
-
-    def _change_user_reply(self, reply: Reply) -> None:
-        if reply.accepted is not None:
-            self._pause_client()
-            self.service.spawn(self._switch_user(reply))
-            return
-        self._send(reply.packets)
-        if reply.refused:
-            login = self.login
-            log.info("%r: COM_CHANGE_USER refused: %s", self, login.failure if login else "")
-            self._release_server()
-            self.close()
-
-    def _pause_server_reading(self) -> None:
-        server = self.server
-        if server is not None:
-            server.pause_reading()
-
-    async def _switch_user(self, reply: Reply) -> None:
-        """After a successful COM_CHANGE_USER: give the old connection back, take the new
-        user's, then send the OK."""
-        done = reply.accepted
-        assert done is not None
-        old_user = self.user
-        try:
-            self._release_server()
-            if self._counted and old_user is not None:
-                self.service.limits.leave(old_user)
-                self._counted = False
-            self.logged_in = done
-            cluster = self.service.cluster_for(done.user, done.database)
-            self.user, self.cluster = done.user, cluster
-            self.service.admit(done.user)
-            self._counted = True
-            server, pool = await self._acquire(cluster, done.user)
-            try:
-                await self._prepare(server, self.logged_in)
-            except BaseException:
-                pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
-                raise
-        except Refused as refused:
-            self._send_error(refused.code, refused.message)
-            self.close()
-            return
-        except Exception as exc:
-            log.info("%r: COM_CHANGE_USER failed: %s", self, exc)
-            self._send_error(ErrorCode.SERVER_UNAVAILABLE, f"COM_CHANGE_USER failed: {exc}")
-            self.close()
-            return
-        if self.closed:
-            pool.release(server)
-            return
-        self.server, self.pool = server, pool
-        server.attach(self)
-        self._changing_user = False
-        self._send(reply.packets)
-        self._resume_client()
-        self._next_queued()
 
     # -- ending ---------------------------------------------------------------------------------
 

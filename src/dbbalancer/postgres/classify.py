@@ -675,6 +675,62 @@ def _temp_pin(rel: dict[str, Any] | None, on_commit: str | None = None) -> tuple
 
 
 # --------------------------------------------------------------------------------------------
+# Function resolution: what calling these functions means for routing.
+# --------------------------------------------------------------------------------------------
+def _resolve(names: list[str], lookup: VolatilityLookup | None, ctx: _Ctx | None) -> _Calls:
+    """Resolve called functions: built-in rules first, then ``pg_proc.provolatile``.
+
+    ``ctx`` is None on the token fast path, which defers ``set_config`` to the parse tree.
+    """
+    calls = _Calls()
+    for name in names:
+        calls.functions.append(name)
+        base = _base_name(name)
+        if base is not None:
+            if base in _SEQUENCE_FUNCS:
+                calls.write(Reason.SEQUENCE_FUNCTION)
+                continue
+            if base in _PRIMARY_ONLY_FUNCS:
+                calls.write(Reason.PRIMARY_ONLY_FUNCTION)
+                continue
+            if base in _ADVISORY_SESSION:
+                calls.write(Reason.ADVISORY_LOCK)
+                calls.pins.append(PinReason.ADVISORY_LOCK)
+                continue
+            if base in _ADVISORY_XACT:
+                calls.write(Reason.ADVISORY_LOCK)
+                continue
+            if base in _ADVISORY_UNLOCK:
+                calls.write(Reason.ADVISORY_LOCK)
+                calls.unpins.append(UnpinEvent.ADVISORY_UNLOCK)
+                continue
+            if base == "pg_advisory_unlock_all":
+                calls.write(Reason.ADVISORY_LOCK)
+                calls.unpins.append(UnpinEvent.ADVISORY_UNLOCK_ALL)
+                continue
+            if base == "pg_notify":
+                calls.write(Reason.LISTEN_NOTIFY)
+                continue
+            if base == "set_config":
+                if ctx is None:
+                    raise _Ambiguous
+                continue  # the caller extracts the setting from the arguments
+            if base in _REPLICA_SAFE_VOLATILE:
+                continue
+        volatility = lookup(name) if lookup is not None else None
+        if volatility == "i" or volatility == "s":
+            continue
+        if volatility == "v":
+            calls.write(Reason.VOLATILE_FUNCTION)
+        elif base is None or base not in _SAFE_BUILTINS:
+            calls.write(Reason.UNKNOWN_FUNCTION)
+    calls.functions = list(_dedup(calls.functions))
+    calls.pins = list(_dedup(calls.pins))
+    calls.unpins = list(_dedup(calls.unpins))
+    return calls
+
+
+# --------------------------------------------------------------------------------------------
 # The classifier.
 # --------------------------------------------------------------------------------------------
 class Classifier:
@@ -873,7 +929,7 @@ class Classifier:
                     names.append(name)
         if not names and not lock and not writing_cte:
             return _PLAIN_READ
-        calls = self._resolve(names, None)
+        calls = _resolve(names, self._lookup, None)
         if lock:
             calls.write(Reason.SELECT_FOR_LOCK)
         if writing_cte:
@@ -903,7 +959,7 @@ class Classifier:
                     names.append(name)
         if not names:
             return _DML
-        calls = self._resolve(names, None)
+        calls = _resolve(names, self._lookup, None)
         return Classification(
             _WRITE,
             Reason.DML,
@@ -912,56 +968,6 @@ class Classifier:
             unpins=tuple(calls.unpins),
             functions=tuple(calls.functions),
         )
-
-    # ---- function resolution -----------------------------------------------------------------
-    def _resolve(self, names: list[str], ctx: _Ctx | None) -> _Calls:
-        calls = _Calls()
-        lookup = self._lookup
-        for name in names:
-            calls.functions.append(name)
-            base = _base_name(name)
-            if base is not None:
-                if base in _SEQUENCE_FUNCS:
-                    calls.write(Reason.SEQUENCE_FUNCTION)
-                    continue
-                if base in _PRIMARY_ONLY_FUNCS:
-                    calls.write(Reason.PRIMARY_ONLY_FUNCTION)
-                    continue
-                if base in _ADVISORY_SESSION:
-                    calls.write(Reason.ADVISORY_LOCK)
-                    calls.pins.append(PinReason.ADVISORY_LOCK)
-                    continue
-                if base in _ADVISORY_XACT:
-                    calls.write(Reason.ADVISORY_LOCK)
-                    continue
-                if base in _ADVISORY_UNLOCK:
-                    calls.write(Reason.ADVISORY_LOCK)
-                    calls.unpins.append(UnpinEvent.ADVISORY_UNLOCK)
-                    continue
-                if base == "pg_advisory_unlock_all":
-                    calls.write(Reason.ADVISORY_LOCK)
-                    calls.unpins.append(UnpinEvent.ADVISORY_UNLOCK_ALL)
-                    continue
-                if base == "pg_notify":
-                    calls.write(Reason.LISTEN_NOTIFY)
-                    continue
-                if base == "set_config":
-                    if ctx is None:
-                        raise _Ambiguous
-                    continue  # the caller extracts the setting from the arguments
-                if base in _REPLICA_SAFE_VOLATILE:
-                    continue
-            volatility = lookup(name) if lookup is not None else None
-            if volatility == "i" or volatility == "s":
-                continue
-            if volatility == "v":
-                calls.write(Reason.VOLATILE_FUNCTION)
-            elif base is None or base not in _SAFE_BUILTINS:
-                calls.write(Reason.UNKNOWN_FUNCTION)
-        calls.functions = list(_dedup(calls.functions))
-        calls.pins = list(_dedup(calls.pins))
-        calls.unpins = list(_dedup(calls.unpins))
-        return calls
 
     # ---- authority: the PostgreSQL grammar via pglast --------------------------------------------
     def _authority(
@@ -974,9 +980,20 @@ class Classifier:
             return [
                 _PARSE_ERROR if count == 1 else dataclasses.replace(_PARSE_ERROR, statements=count)
             ]
-        return [self._node(raw.get("stmt", {}), ctx) for raw in tree.get("stmts", ())]
+        statements = _TreeClassifier(self._lookup)
+        return [statements.node(raw.get("stmt", {}), ctx) for raw in tree.get("stmts", ())]
 
-    def _node(self, node: dict[str, Any], ctx: _Ctx) -> Classification:
+
+class _TreeClassifier:
+    """The authority: classification of pglast's parse tree, one handler per statement node."""
+
+    __slots__ = ("lookup",)
+
+    def __init__(self, lookup: VolatilityLookup | None) -> None:
+        self.lookup = lookup
+
+    def node(self, node: dict[str, Any], ctx: _Ctx) -> Classification:
+        """Classify one statement node (``{"SelectStmt": {...}}``) by its handler."""
         if not node:
             return _EMPTY
         ((ntype, body),) = node.items()
@@ -991,7 +1008,7 @@ class Classifier:
 
     def _tree_calls(self, facts: _TreeFacts, ctx: _Ctx) -> _Calls:
         names = [_names(c.get("funcname")) for c in facts.calls]
-        calls = self._resolve(names, ctx)
+        calls = _resolve(names, self.lookup, ctx)
         for body, name in zip(facts.calls, names, strict=True):
             if _base_name(name) == "set_config":
                 change = _set_config(body, ctx)
@@ -1055,7 +1072,7 @@ class Classifier:
         return _DML
 
     def _stmt_explain(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
-        inner = self._node(body.get("query", {}), ctx)
+        inner = self.node(body.get("query", {}), ctx)
         analyze = False
         for opt in body.get("options", ()):
             d = opt.get("DefElem", {})
@@ -1085,7 +1102,7 @@ class Classifier:
     def _stmt_copy(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
         if body.get("is_from"):
             return Classification(_WRITE, Reason.COPY_FROM, False)
-        inner = self._node(body["query"], ctx) if "query" in body else None
+        inner = self.node(body["query"], ctx) if "query" in body else None
         functions = inner.functions if inner else ()
         if inner is not None and not (inner.kind is _READ and inner.read_only):
             return dataclasses.replace(inner, inner=inner)
@@ -1187,7 +1204,7 @@ class Classifier:
         return Classification(_WRITE, Reason.LISTEN_NOTIFY, False, target=body.get("conditionname"))
 
     def _stmt_declare(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
-        inner = self._node(body.get("query", {}), ctx)
+        inner = self.node(body.get("query", {}), ctx)
         hold = bool(int(body.get("options", 0)) & _CURSOR_OPT_HOLD)
         pins = (PinReason.WITH_HOLD_CURSOR, *inner.pins) if hold else inner.pins
         if inner.kind is _READ and inner.read_only:
@@ -1219,7 +1236,7 @@ class Classifier:
         return Classification(_SESSION, Reason.CURSOR, True, unpins=(unpin,), target=name)
 
     def _stmt_prepare(self, body: dict[str, Any], ctx: _Ctx) -> Classification:
-        inner = self._node(body.get("query", {}), ctx)
+        inner = self.node(body.get("query", {}), ctx)
         return Classification(
             _SESSION,
             Reason.SQL_PREPARE,
@@ -1280,39 +1297,39 @@ class Classifier:
         )
 
 
-_Handler = Callable[[Classifier, dict[str, Any], _Ctx], Classification]
+_Handler = Callable[[_TreeClassifier, dict[str, Any], _Ctx], Classification]
 _HANDLERS: Final[dict[str, _Handler]] = {
-    "SelectStmt": Classifier._stmt_query,
-    "InsertStmt": Classifier._stmt_dml,
-    "UpdateStmt": Classifier._stmt_dml,
-    "DeleteStmt": Classifier._stmt_dml,
-    "MergeStmt": Classifier._stmt_dml,
-    "TruncateStmt": Classifier._stmt_truncate,
-    "ExplainStmt": Classifier._stmt_explain,
-    "CopyStmt": Classifier._stmt_copy,
-    "TransactionStmt": Classifier._stmt_transaction,
-    "VariableSetStmt": Classifier._stmt_set,
-    "VariableShowStmt": Classifier._stmt_show,
-    "DiscardStmt": Classifier._stmt_discard,
-    "LoadStmt": Classifier._stmt_load,
-    "ListenStmt": Classifier._stmt_listen,
-    "UnlistenStmt": Classifier._stmt_unlisten,
-    "NotifyStmt": Classifier._stmt_notify,
-    "DeclareCursorStmt": Classifier._stmt_declare,
-    "FetchStmt": Classifier._stmt_fetch,
-    "ClosePortalStmt": Classifier._stmt_close,
-    "PrepareStmt": Classifier._stmt_prepare,
-    "ExecuteStmt": Classifier._stmt_execute,
-    "DeallocateStmt": Classifier._stmt_deallocate,
-    "LockStmt": Classifier._stmt_lock,
-    "CallStmt": Classifier._stmt_call,
-    "DoStmt": Classifier._stmt_do,
-    "ConstraintsSetStmt": Classifier._stmt_constraints,
-    "CreateStmt": Classifier._stmt_create,
-    "CreateTableAsStmt": Classifier._stmt_create_as,
-    "ViewStmt": Classifier._stmt_view,
-    "CreateSeqStmt": Classifier._stmt_sequence,
-    "CreateFunctionStmt": Classifier._stmt_function,
+    "SelectStmt": _TreeClassifier._stmt_query,
+    "InsertStmt": _TreeClassifier._stmt_dml,
+    "UpdateStmt": _TreeClassifier._stmt_dml,
+    "DeleteStmt": _TreeClassifier._stmt_dml,
+    "MergeStmt": _TreeClassifier._stmt_dml,
+    "TruncateStmt": _TreeClassifier._stmt_truncate,
+    "ExplainStmt": _TreeClassifier._stmt_explain,
+    "CopyStmt": _TreeClassifier._stmt_copy,
+    "TransactionStmt": _TreeClassifier._stmt_transaction,
+    "VariableSetStmt": _TreeClassifier._stmt_set,
+    "VariableShowStmt": _TreeClassifier._stmt_show,
+    "DiscardStmt": _TreeClassifier._stmt_discard,
+    "LoadStmt": _TreeClassifier._stmt_load,
+    "ListenStmt": _TreeClassifier._stmt_listen,
+    "UnlistenStmt": _TreeClassifier._stmt_unlisten,
+    "NotifyStmt": _TreeClassifier._stmt_notify,
+    "DeclareCursorStmt": _TreeClassifier._stmt_declare,
+    "FetchStmt": _TreeClassifier._stmt_fetch,
+    "ClosePortalStmt": _TreeClassifier._stmt_close,
+    "PrepareStmt": _TreeClassifier._stmt_prepare,
+    "ExecuteStmt": _TreeClassifier._stmt_execute,
+    "DeallocateStmt": _TreeClassifier._stmt_deallocate,
+    "LockStmt": _TreeClassifier._stmt_lock,
+    "CallStmt": _TreeClassifier._stmt_call,
+    "DoStmt": _TreeClassifier._stmt_do,
+    "ConstraintsSetStmt": _TreeClassifier._stmt_constraints,
+    "CreateStmt": _TreeClassifier._stmt_create,
+    "CreateTableAsStmt": _TreeClassifier._stmt_create_as,
+    "ViewStmt": _TreeClassifier._stmt_view,
+    "CreateSeqStmt": _TreeClassifier._stmt_sequence,
+    "CreateFunctionStmt": _TreeClassifier._stmt_function,
 }
 
 

@@ -3,41 +3,38 @@
 A `ClientSession` runs the start-up conversation as a coroutine (protocol sections "Start-up",
 "SSL Session Encryption", "Canceling Requests in Progress"): SSLRequest and GSSENCRequest are
 answered 'N', a CancelRequest is relayed to the server running that client's query, and a
-StartupMessage is authenticated against the configured user (SCRAM-SHA-256, md5 or trust). Then
-the session takes a server connection and switches to forwarding: client frames go to the server,
-server bytes come back unchanged.
+StartupMessage is authenticated against the configured user (SCRAM-SHA-256, md5 or trust; the
+steps are in `startup`). Then the session takes a server connection and switches to forwarding:
+client frames go to the server, server bytes come back unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 from typing import TYPE_CHECKING
 
 from dbbalancer.compose import reset_and_release
-from dbbalancer.config import AuthMethod, PoolMode, UserConfig
-from dbbalancer.core.cluster import NoServerAvailable
+from dbbalancer.config import PoolMode, UserConfig
 from dbbalancer.core.errors import ErrorCode
-from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
-from dbbalancer.core.routing import Target
+from dbbalancer.core.pool import DropReason, Pool
 from dbbalancer.postgres import codec
-from dbbalancer.postgres.auth import (
-    AuthenticationFailed,
-    ScramServer,
-    md5_verify,
-)
-from dbbalancer.postgres.backend import (
-    ServerConnection,
-    ServerError,
-    ServerUnavailable,
-)
+from dbbalancer.postgres.backend import ServerConnection
 from dbbalancer.postgres.codec import ProtocolError
 from dbbalancer.postgres.engine import Engine
 from dbbalancer.postgres.errors import sqlstate_of
 from dbbalancer.postgres.framed import ConnectionClosed, FramedProtocol
-from dbbalancer.postgres.params import parse_options, sync_statement
+from dbbalancer.postgres.params import parse_options
+from dbbalancer.postgres.startup import (
+    Refused,
+    acquire,
+    apply_settings,
+    authenticate,
+    check_startup,
+    negotiation,
+    welcome,
+)
 from dbbalancer.postgres.stream import FrontendScanner
 
 if TYPE_CHECKING:
@@ -262,31 +259,15 @@ class ClientSession(FramedProtocol):
         if rest:
             self.queue_data(rest)
 
-        unsupported = tuple(k for k in startup.parameters if k.startswith("_pq_."))
-        if startup.protocol & 0xFFFF or unsupported:
-            self.write(
-                codec.NegotiateProtocolVersion(codec.PROTOCOL_VERSION_3, unsupported).encode()
-            )
-        if startup.parameters.get("replication", "false").lower() not in (
-            "false",
-            "off",
-            "0",
-            "no",
-        ):
-            raise Refused(
-                sqlstate_of(ErrorCode.REPLICATION_REFUSED),
-                "dbbalancer does not proxy replication connections",
-            )
+        negotiate = negotiation(startup)
+        if negotiate is not None:
+            self.write(negotiate)
+        check_startup(startup)
         user_name = startup.user
         database = startup.database
-        if not user_name:
-            raise Refused(
-                sqlstate_of(ErrorCode.NO_USER_NAME),
-                "no PostgreSQL user name specified in startup packet",
-            )
 
         user = self.service.user(user_name)
-        await self._authenticate(user_name, user)
+        await authenticate(self, user_name, user)
         assert user is not None
         self.user = user
         cluster = self.service.cluster(database)
@@ -315,21 +296,8 @@ class ClientSession(FramedProtocol):
                 self, mode=mode, split=split, settings=settings, home=None, home_pool=None
             )
         else:
-            server, pool = await self._acquire(cluster, user)
-            try:
-                sql = sync_statement(server.applied, settings)
-                if sql is not None:
-                    await server.simple_query(sql)
-                server.applied = dict(settings)
-            except ServerError as exc:
-                # Part of the SETs may have run: the connection's state is unknown; drop it.
-                pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
-                raise Refused(
-                    exc.sqlstate, f"start-up parameter rejected by the server: {exc.message}"
-                ) from None
-            except BaseException:
-                pool.release(server, reusable=False)
-                raise
+            server, pool = await acquire(cluster, user)
+            await apply_settings(server, pool, settings)
             parameters = dict(server.parameters)
             self.service.welcome[welcome_key] = dict(parameters)
             if not managed:
@@ -346,10 +314,7 @@ class ClientSession(FramedProtocol):
                 )
 
         self.reader.max_length = self.service.settings.max_message_size
-        out = [codec.AuthenticationOk().encode()]
-        out += [codec.ParameterStatus(k, v).encode() for k, v in parameters.items()]
-        out.append(codec.BackendKeyData(*self.backend_key).encode())
-        out.append(codec.ReadyForQuery(b"I").encode())
+        out = welcome(parameters, self.backend_key)
         self.service.register_cancel(self)
         if self.engine is None:
             server.attach(self)
@@ -364,63 +329,6 @@ class ClientSession(FramedProtocol):
             else:
                 self._forward(b"".join(frame.data for frame in queued))
         return True
-
-    async def _authenticate(self, name: str, user: UserConfig | None) -> None:
-        """Authenticate the client as `name`; an unknown user fails like a wrong password."""
-        method = user.auth if user is not None else AuthMethod.SCRAM_SHA_256
-        if method is AuthMethod.TRUST:
-            return
-        failed = Refused(
-            sqlstate_of(ErrorCode.AUTHENTICATION_FAILED),
-            f'password authentication failed for user "{name}"',
-        )
-        if method is AuthMethod.MD5:
-            salt = os.urandom(4)
-            self.write(codec.AuthenticationMD5Password(salt).encode())
-            reply = codec.decode_frontend(await self.next_frame())
-            if not isinstance(reply, codec.PasswordMessage):
-                raise ProtocolError("expected a password message")
-            if user is None or not md5_verify(
-                user.password, name, salt, reply.password.rstrip(b"\0")
-            ):
-                raise failed
-            return
-        verifier = self.service.scram_verifier(user)
-        self.write(codec.AuthenticationSASL(("SCRAM-SHA-256",)).encode())
-        initial = codec.decode_sasl_initial_response(await self.next_frame())
-        if initial.mechanism != "SCRAM-SHA-256":
-            raise Refused(
-                sqlstate_of(ErrorCode.UNSUPPORTED_AUTHENTICATION_MECHANISM),
-                f"SASL mechanism {initial.mechanism!r} is not supported; use SCRAM-SHA-256",
-            )
-        scram = ScramServer(verifier)
-        try:
-            server_first = scram.handle_client_first(initial.data or b"")
-            self.write(codec.AuthenticationSASLContinue(server_first).encode())
-            response = codec.decode_sasl_response(await self.next_frame())
-            server_final = scram.handle_client_final(response.data)
-        except AuthenticationFailed:
-            raise failed from None
-        if user is None:
-            raise failed
-        self.write(codec.AuthenticationSASLFinal(server_final).encode())
-
-    async def _acquire(
-        self, cluster: PgCluster, user: UserConfig
-    ) -> tuple[ServerConnection, Pool[ServerConnection]]:
-        try:
-            _, pool, server = await cluster.runtime.checkout(
-                user.name, Target.PRIMARY, wait_limit=cluster.config.query_wait_timeout
-            )
-            return server, pool
-        except PoolTimeout as timeout:
-            raise Refused(sqlstate_of(ErrorCode.POOL_TIMEOUT), str(timeout)) from None
-        except (NoServerAvailable, ServerUnavailable, PoolClosed) as unavailable:
-            raise Refused(sqlstate_of(ErrorCode.SERVER_UNAVAILABLE), str(unavailable)) from None
-        except ServerError as refused:
-            raise Refused(
-                refused.sqlstate, f"server refused the pooled login: {refused.message}"
-            ) from None
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -496,13 +404,3 @@ class ClientSession(FramedProtocol):
             pool.release(server, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
         else:
             self.service.spawn(reset_and_release(pool, server))
-
-
-class Refused(Exception):
-    """A client request refused with a PostgreSQL error (sent as FATAL, then closed)."""
-
-    def __init__(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-        self.hint = hint

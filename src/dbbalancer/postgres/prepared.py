@@ -30,6 +30,32 @@ class PreparedStatement:
     query: str
     parse: bytes  # the Parse message under server_name, ready to send
     classification: Classification
+    rest: bytes = b""  # the Parse body after the query: parameter types
+    context: str = ""  # the settings it is parsed under (sessionstate.parse_context)
+
+
+def prepared_statement(
+    name: str, query: str, rest: bytes, c: Classification, context: str, encoding: str
+) -> PreparedStatement:
+    """Client statement `name` as it is prepared on servers under the settings `context`."""
+    server_name = server_statement_name(query, rest, context)
+    parse = make_parse(server_name, query, rest, encoding)
+    return PreparedStatement(name, server_name, query, parse, c, rest, context)
+
+
+def reparsed(stmt: PreparedStatement, context: str, encoding: str) -> PreparedStatement:
+    """`stmt` as it is parsed again under the settings `context` (itself if they are its own).
+
+    A statement is parsed only under the name of the settings it is parsed under: when the
+    client's settings changed since it prepared the statement (or its unit changed them), parsing
+    it again gives another statement, named after the settings of now. Parsed under its old
+    shared name, it would be handed to other clients folded under settings that are not theirs.
+    """
+    if context == stmt.context:
+        return stmt
+    return prepared_statement(
+        stmt.client_name, stmt.query, stmt.rest, stmt.classification, context, encoding
+    )
 
 
 def _frame(kind: bytes, body: bytes) -> bytes:

@@ -38,9 +38,10 @@ from dbbalancer.postgres.prepared import (
     PreparedStatement,
     bind_statement,
     close_statement,
-    make_parse,
     parse_fields,
+    prepared_statement,
     rename_target,
+    reparsed,
     server_statement_name,
     target_name,
     with_name,
@@ -130,15 +131,15 @@ class Rewriter:
             name, query, rest = parse_fields(frame, engine.encoding)
             if not name:
                 return False
-            server_name = server_statement_name(query, rest, self.parse_context())
-            if not engine.cluster.known_statements.touch(server_name):
+            context = self.parse_context()
+            if not engine.cluster.known_statements.touch(
+                server_statement_name(query, rest, context)
+            ):
                 return False
             c = engine.classifier.classify(query)
             if c.pins or c.settings or c.unpins:
                 return False
-            self.prepared[name] = PreparedStatement(
-                name, server_name, query, make_parse(server_name, query, rest, engine.encoding), c
-            )
+            self.prepared[name] = prepared_statement(name, query, rest, c, context, engine.encoding)
             engine.to_client.append(PARSE_COMPLETE)
             return True
         if kind == b"S":
@@ -280,12 +281,9 @@ class Rewriter:
                 tracker.expect(Request.PARSE)
                 out.append(frame.data)
                 return
-            server_name = server_statement_name(query, rest, self.parse_context())
-            stmt = PreparedStatement(
-                name, server_name, query, make_parse(server_name, query, rest, engine.encoding), c
-            )
+            stmt = prepared_statement(name, query, rest, c, self.parse_context(), engine.encoding)
             self.prepared[name] = stmt
-            if server.statements.touch(server_name):
+            if server.statements.touch(stmt.server_name):
                 tracker.synthesize(PARSE_COMPLETE, engine.to_client)
             else:
                 self._prepare_on(server, stmt, visible=True)
@@ -298,7 +296,7 @@ class Rewriter:
                 bound = self.prepared.get(name)
                 if bound is not None:
                     bound_c = bound.classification
-                    self._ensure_prepared(server, bound)
+                    bound = self._ensure_prepared(server, bound)
                     out.append(with_name(frame, start, end, bound.server_name))
                 else:
                     bound_c = self.untracked.get(name)
@@ -332,7 +330,7 @@ class Rewriter:
             if describe_kind == b"S":
                 described = self.prepared.get(name) if name else None
                 if described is not None:
-                    self._ensure_prepared(server, described)
+                    described = self._ensure_prepared(server, described)
                     out.append(rename_target(frame, described.server_name))
                 else:
                     if not name:
@@ -383,9 +381,20 @@ class Rewriter:
         engine.to_server.append(stmt.parse)
         tracker.expect(Request.PARSE, visible=visible, tag=stmt.server_name)
 
-    def _ensure_prepared(self, server: ServerConnection, stmt: PreparedStatement) -> None:
-        if not server.statements.touch(stmt.server_name):
-            self._prepare_on(server, stmt, visible=False)
+    def _ensure_prepared(
+        self, server: ServerConnection, stmt: PreparedStatement
+    ) -> PreparedStatement:
+        """The client's statement as `server` will run it: the one there, or parsed there now
+        (under a name of the settings of now: see `reparsed`)."""
+        if server.statements.touch(stmt.server_name):
+            return stmt
+        fresh = reparsed(stmt, self.parse_context(), self.engine.encoding)
+        if fresh is not stmt:
+            self.prepared[stmt.client_name] = fresh
+            if server.statements.touch(fresh.server_name):
+                return fresh
+        self._prepare_on(server, fresh, visible=False)
+        return fresh
 
     def _ensure_unnamed(self, server: ServerConnection) -> None:
         if self.unnamed is not None and server.unnamed != self.unnamed:

@@ -34,9 +34,10 @@ from dbbalancer.postgres.auth import ScramVerifier, is_scram_verifier
 from dbbalancer.postgres.backend import ServerConnection, connect_server, send_cancel
 from dbbalancer.postgres.classify import Classifier
 from dbbalancer.postgres.errors import sqlstate_of
-from dbbalancer.postgres.frontend import ClientSession, Refused
+from dbbalancer.postgres.frontend import ClientSession
 from dbbalancer.postgres.prepared import StatementCache
 from dbbalancer.postgres.probe import PgProber
+from dbbalancer.postgres.startup import Refused
 from dbbalancer.postgres.volatility import VolatilityLoader
 
 __all__ = ["PgCluster", "PostgresService", "Spawn", "servers_of"]

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,8 @@ class ServerCluster(StartStopContext, Generic[NodeT]):
     _error: ClassVar[type[RuntimeError]]
     _tempdir_prefix: ClassVar[str]
     _url_scheme: ClassVar[str]
+    # How often the waits below ask again.
+    _poll_interval: ClassVar[float] = 0.05
 
     def __init__(
         self,
@@ -310,6 +313,43 @@ class ServerCluster(StartStopContext, Generic[NodeT]):
         still = [node.name for node in running if self.is_running(node)]
         if still:
             raise self._error(f"could not stop {still}: {'; '.join(errors)}")
+
+    # ----------------------------------------------------------------- waiting
+
+    def _wait_replicas(
+        self,
+        problems: Callable[[], dict[str, str]],
+        timeout: float,
+        failure: Callable[[dict[str, str]], str],
+    ) -> None:
+        """Ask ``problems()`` ({node name: what is wrong}) until it is empty; after ``timeout``
+        seconds raise ``failure(problems)`` with the log tails of the primary and those nodes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = problems()
+            if not found:
+                return
+            if time.monotonic() >= deadline:
+                involved = [self.primary, *(self._nodes[name] for name in sorted(found))]
+                raise self._error(f"{failure(found)}\n{self._log_tails(involved)}")
+            time.sleep(self._poll_interval)
+
+    def _wait_login(self, node: NodeT, deadline: float) -> None:
+        """Wait until the login user can connect to ``node`` over TCP (:meth:`_try_login`)."""
+        while True:
+            result = self._try_login(node)
+            if result.returncode == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise self._error(
+                    f"user {self.user!r} cannot log in to {node.name} ({node.address()}): "
+                    f"{result.stderr.strip()}\n{self._log_tails([node])}"
+                )
+            time.sleep(self._poll_interval)
+
+    def _try_login(self, node: NodeT) -> subprocess.CompletedProcess[str]:
+        """Run the command-line client once as the login user against ``node`` over TCP."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- logs
 

@@ -36,6 +36,9 @@ COMPILED_MODULES = (
     "dbbalancer.core.errors",
     "dbbalancer.core.position",
     "dbbalancer.core.unitofwork",
+    "dbbalancer.mysql.engine",
+    "dbbalancer.mysql.checkout",
+    "dbbalancer.mysql.sessionstate",
 )
 
 

@@ -21,6 +21,17 @@ from dbbalancer.core.position import Position
 from dbbalancer.core.routing import RouteReason, Target
 from dbbalancer.core.topology import Server, ServerRole
 
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # run from source without the dev tools: the decorator is mypyc's alone
+
+    def mypyc_attr(  # type: ignore[misc]
+        *_args: object, **_kwargs: object
+    ) -> Callable[[type], type]:
+        """mypyc reads `@mypyc_attr` when it compiles; at run time it changes nothing."""
+        return lambda cls: cls
+
+
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=PooledConnection)
@@ -30,8 +41,13 @@ class NoServerAvailable(Exception):
     """No server can take this session or statement; the message says why and what to do."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ServerConnectError(Exception):
-    """Opening a server connection failed (a protocol package raises a subclass of this)."""
+    """Opening a server connection failed (a protocol package raises a subclass of this).
+
+    Compiled, `except ServerConnectError` checks for this class and its compiled subclasses
+    only, unless interpreted subclasses are allowed: mysql/backend.py's ServerUnavailable is
+    one (it is not compiled), and would otherwise come out as a TypeError."""
 
 
 RETRY_PAUSE = 0.05

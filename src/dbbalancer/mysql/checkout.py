@@ -138,11 +138,11 @@ class UnitCheckout:
                 min_position=engine.min_position if target is Target.REPLICA else None,
                 exclude=self.exclude,
             )
-        except PoolTimeout as exc:
-            self.failure = (ErrorCode.POOL_TIMEOUT, str(exc))
+        except PoolTimeout as timeout:
+            self.failure = (ErrorCode.POOL_TIMEOUT, str(timeout))
             return None
-        except (NoServerAvailable, ServerUnavailable, PoolClosed) as exc:
-            self.failure = (ErrorCode.SERVER_UNAVAILABLE, str(exc))
+        except (NoServerAvailable, ServerUnavailable, PoolClosed) as unavailable:
+            self.failure = (ErrorCode.SERVER_UNAVAILABLE, str(unavailable))
             return None
         except Exception as exc:
             self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"no server connection: {exc}")
@@ -150,12 +150,13 @@ class UnitCheckout:
         replica = runtime.primary() != choice.server
         try:
             await self._replay(conn)
-        except ServerError as exc:
-            self.failure = (ErrorCode.SERVER_UNAVAILABLE, f"replaying the session: {exc.message}")
+        except ServerError as refused:
+            message = f"replaying the session: {refused.message}"
+            self.failure = (ErrorCode.SERVER_UNAVAILABLE, message)
             await self._give_back(pool, conn)
             return None
-        except Exception as exc:
-            log.info("%r: %r is gone (%s); taking another", engine.session, conn, exc)
+        except Exception as gone:
+            log.info("%r: %r is gone (%s); taking another", engine.session, conn, gone)
             pool.release(conn, reusable=False, reason=DropReason.BROKEN)
             if replica:
                 self.exclude = self.exclude | {conn.server.name}

@@ -48,7 +48,7 @@ from dbbalancer.config.loader import parse_config
 from dbbalancer.testing.balancer import BalancerThread
 from dbbalancer.testing.mariadbcluster import MariaDbCluster, gtid_pos_covers, parse_gtid_pos
 
-pytestmark = pytest.mark.timeout(120)  # hang guard only; a run takes well under a second
+pytestmark = pytest.mark.timeout(25)  # hang guard only; a run takes well under a second
 
 SCRIPTS_PATH = Path(__file__).resolve().parents[1] / "data" / "mysql_session_scripts.toml"
 

@@ -218,6 +218,50 @@ def test_binary_prepared_statements_pin_until_closed(balancer: BalancerThread) -
         assert one(b, "SELECT 1") == 1
 
 
+def test_a_prepared_use_never_reaches_the_next_client(balancer: BalancerThread) -> None:
+    """Session state changed through the binary protocol (COM_STMT_PREPARE + EXECUTE) follows
+    its client, and the one pooled connection comes back to the next client with the
+    cluster's database and default session: after A's unit ends, and after A leaves."""
+    a = mysql.connector.connect(
+        host="127.0.0.1",
+        port=port_of(balancer),
+        user="app",
+        password="app",
+        database="app",
+        ssl_disabled=True,
+        autocommit=True,
+        use_pure=True,
+    )
+    try:
+        for sql in ["USE other", "SET time_zone = '+03:00'", "SET @p = 5"]:
+            cur = a.cursor(prepared=True)
+            cur.execute(sql)
+            cur.close()  # COM_STMT_CLOSE: the unit ends, the connection is free
+        with connect(balancer) as b:
+            assert one(b, "SELECT DATABASE()") == "app"
+            assert one(b, "SELECT @@time_zone") != "+03:00"
+            assert one(b, "SELECT @p") is None
+        cur = a.cursor(prepared=True)
+        cur.execute("SELECT DATABASE(), @@time_zone, @p")
+        assert cur.fetchone() == ("other", "+03:00", 5)
+        cur.close()
+        cur = a.cursor(prepared=True)
+        cur.execute("USE app")  # and back: the tracking follows both ways
+        cur.close()
+        cur = a.cursor(prepared=True)
+        cur.execute("SELECT DATABASE()")
+        assert cur.fetchone() == ("app",)
+        cur.close()
+        cur = a.cursor(prepared=True)
+        cur.execute("USE other")
+        cur.close()
+    finally:
+        a.close()  # leaves with `other` as its database
+    with connect(balancer) as b:
+        assert one(b, "SELECT DATABASE()") == "app"
+        assert one(b, "SELECT @@time_zone") != "+03:00"
+
+
 def test_mysql_connector_and_cli_through_transaction_pooling(
     balancer: BalancerThread, tmp_path: Path
 ) -> None:

@@ -262,8 +262,14 @@ class UnitCheckout:
             pool.release(conn, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
             return
         state = engine.state
-        reset = engine.held_dirty or state.dirty or state.pinned or conn.in_transaction
-        engine.held_dirty = False
+        reset = (
+            engine.held_dirty
+            or engine.touched
+            or state.dirty
+            or state.pinned
+            or conn.in_transaction
+        )
+        engine.held_dirty = engine.touched = False
         if not reset:
             pool.release(conn)
             return
@@ -276,11 +282,12 @@ class UnitCheckout:
             self.engine.session.service.spawn(self._give_back(offer[0], offer[1]))
 
     async def _give_back(self, pool: Pool[ServerConnection], conn: ServerConnection) -> None:
-        """Reset the connection (and undo the client's statement mode and database)."""
+        """Reset the connection (and undo the client's statement mode and database). The
+        cluster's database is restored whatever the tracking says: a reset keeps the current
+        database, and a `USE` the tracking missed must not reach the next client."""
         state = self.engine.state
         restore: list[bytes] = []
         if state.multi_statements_off:
             restore.append(ComSetOption(MULTI_STATEMENTS_ON).encode())
-        if state.database != state.home_database:
-            restore.append(bytes((CommandByte.INIT_DB,)) + state.home_database.encode("utf-8"))
+        restore.append(bytes((CommandByte.INIT_DB,)) + state.home_database.encode("utf-8"))
         await self.engine.session.service.give_back(pool, conn, restore)

@@ -24,13 +24,14 @@ statement as a write); a replica lost before answering re-runs it on another ser
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Final
 
 from dbbalancer.core.errors import ErrorClass
 from dbbalancer.core.pool import Pool
 from dbbalancer.core.position import Position
-from dbbalancer.core.statement import Classification
+from dbbalancer.core.statement import Classification, RouteHint
 from dbbalancer.core.unitofwork import (
     HOLDS_OUTPUT,
     RULES,
@@ -67,7 +68,34 @@ _E = UnitEvent
 _F = Effect
 # Commands that get no response: with no connection held they concern nothing on a server.
 _NO_RESPONSE: Final = frozenset({CommandByte.STMT_CLOSE, CommandByte.STMT_SEND_LONG_DATA})
+# Commands that change nothing in the server session (a reset is not needed after them).
+_STATELESS: Final = frozenset(
+    {
+        CommandByte.PING,
+        CommandByte.STMT_PREPARE,
+        CommandByte.STMT_CLOSE,
+        CommandByte.STMT_RESET,
+        CommandByte.STMT_FETCH,
+        CommandByte.STMT_SEND_LONG_DATA,
+        CommandByte.FIELD_LIST,
+        CommandByte.STATISTICS,
+    }
+)
 _BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
+
+
+def changes_session(c: Classification) -> bool:
+    """Whether a statement may leave state in the server session (settings, database, user
+    variables, pins and what ends them)."""
+    return any(
+        part.settings
+        or part.user_variables
+        or part.database is not None
+        or part.pins
+        or part.unpins
+        or part.autocommit is not None
+        for part in (c, *c.parts)
+    )
 
 
 class TxEngine:
@@ -91,6 +119,9 @@ class TxEngine:
         self.on_primary = False
         self.held_dirty = False  # the connection carries session state: reset it on release
         self.wrote = False  # the unit wrote on the primary: learn its position
+        # A command that may have changed session state ran on the held connection (whatever
+        # the tracking made of it): reset it on release.
+        self.touched = False
         self.min_position: Position | None = None
         self.hidden_running = False
         self.last_insert_id = 0  # to restore on the connection before the next command
@@ -192,12 +223,18 @@ class TxEngine:
         return ServerStatus.AUTOCOMMIT
 
     def classify(self, packet: Packet) -> Classification | None:
-        """The classification of a COM_QUERY (None for the other commands)."""
-        if packet.payload[0] != CommandByte.QUERY:
+        """The classification of a COM_QUERY, or of a COM_STMT_PREPARE's text marked for the
+        primary (a binary-protocol statement pins its connection, which must take writes);
+        None for the other commands."""
+        code = packet.payload[0]
+        if code != CommandByte.QUERY and code != CommandByte.STMT_PREPARE:
             return None
-        return self.session.service.classifier.classify(
+        c = self.session.service.classifier.classify(
             bytes(packet.payload[1:]).decode("utf-8", "replace")
         )
+        if code == CommandByte.STMT_PREPARE:
+            return dataclasses.replace(c, hint=RouteHint.PRIMARY)
+        return c
 
     def _send_backlog(self) -> None:
         while self.backlog and self.unit in SENDS_FRAMES:
@@ -266,7 +303,15 @@ class TxEngine:
         state = self.state
         if code == CommandByte.QUERY and c is not None:
             state.apply(c, bytes(packet.payload[1:]).decode("utf-8", "replace"), ok=ok)
+            self.touched = self.touched or changes_session(c)
             if self.on_primary and not c.read_only:
+                self.wrote = True
+        elif code == CommandByte.STMT_EXECUTE and len(packet.payload) >= 5:
+            # What the statement does (SET, USE, SELECT @x := ..., GET_LOCK, a temporary
+            # table ...) counts as it would in a COM_QUERY.
+            executed = state.executed(int.from_bytes(packet.payload[1:5], "little"), ok=ok)
+            self.touched = self.touched or executed is None or changes_session(executed)
+            if self.on_primary and ok and (executed is None or not executed.read_only):
                 self.wrote = True
         elif not ok:
             pass
@@ -275,7 +320,8 @@ class TxEngine:
         elif code == CommandByte.STMT_PREPARE and tracker is not None:
             prepared = tracker.prepare_ok
             if prepared is not None:
-                state.prepared(prepared.statement_id)
+                text = bytes(packet.payload[1:]).decode("utf-8", "replace")
+                state.prepared(prepared.statement_id, c, text)
         elif code == CommandByte.STMT_CLOSE and len(packet.payload) >= 5:
             state.closed(int.from_bytes(packet.payload[1:5], "little"))
         elif code == CommandByte.RESET_CONNECTION:
@@ -285,6 +331,8 @@ class TxEngine:
             state.multi_statements_off = option == MULTI_STATEMENTS_OFF
         else:
             self.wrote = self.wrote or (self.on_primary and code != CommandByte.PING)
+        if code != CommandByte.QUERY and code != CommandByte.STMT_EXECUTE:
+            self.touched = self.touched or code not in _STATELESS
         self.sent = self.sent_class = None
 
     def _work_done(self, conn: ServerConnection) -> UnitEvent:
@@ -305,7 +353,7 @@ class TxEngine:
             ask_position=ask,
             pinned=pinned,
             home=False,
-            reset=self.held_dirty or state.dirty,
+            reset=self.held_dirty or self.touched or state.dirty,
         )
 
     async def _hidden(self) -> None:
@@ -342,6 +390,9 @@ class TxEngine:
         event = self._work_done(conn)
         self.hidden_running = False
         self.fire(event)
+        # Commands that arrived meanwhile wait in the session's queue: a unit that goes on
+        # (pinned) fires no DRAIN, so they are taken from here.
+        self.session.engine_ready()
 
     async def _position(self, conn: ServerConnection) -> Position | None:
         if conn.is_mariadb:

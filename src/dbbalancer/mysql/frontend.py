@@ -227,7 +227,11 @@ class ClientSession(ConnectionPhase):
         if code == CommandByte.CHANGE_USER:
             self._start_change_user(payload)
             return
-        if code == CommandByte.INIT_DB or (code == CommandByte.QUERY and _USE.search(payload, 1)):
+        if code == CommandByte.INIT_DB or (
+            (code == CommandByte.QUERY or code == CommandByte.STMT_PREPARE)
+            and _USE.search(payload, 1)
+        ):
+            # A USE prepared through the binary protocol switches the database as well.
             self._database_dirty = True
         elif code == CommandByte.SET_OPTION:
             self._options_dirty = True

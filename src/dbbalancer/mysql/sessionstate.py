@@ -29,6 +29,9 @@ __all__ = ["MySessionState", "literal_of", "quote_string"]
 
 # Setting names the engine manages itself: autocommit is a pin, not a replayed value.
 _NOT_REPLAYED: Final = frozenset({"autocommit"})
+# What SET SESSION TRANSACTION changed, replayed with that statement: the variable names differ
+# between servers (MariaDB before 11.1 knows only tx_isolation and tx_read_only).
+_TRANSACTION_SETTINGS: Final = frozenset({"transaction_isolation", "transaction_read_only"})
 _NUMBER: Final = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 _CREATE_TEMP: Final = re.compile(
     r"(?is)^\s*create\s+(?:or\s+replace\s+)?temporary\s+table\s+(?:if\s+not\s+exists\s+)?"
@@ -68,6 +71,13 @@ def _setting_literal(value: str) -> str:
     return value if _NUMBER.fullmatch(value) else quote_string(value)
 
 
+def _mode_dependent(literal: str) -> bool:
+    """Whether a literal as the client wrote it may read differently under another sql_mode
+    (a backslash: NO_BACKSLASH_ESCAPES; double quotes: ANSI_QUOTES): such a variable is read
+    back from the server instead of replayed as written."""
+    return "\\" in literal or '"' in literal or literal.strip() == "?"
+
+
 def _name(raw: str) -> str:
     return "".join(part.strip().strip("`") for part in raw.split(".")).lower()
 
@@ -84,7 +94,8 @@ class MySessionState:
         self.variables: dict[str, str] = {}  # user variable -> SQL literal
         self.unknown_variables: set[str] = set()  # computed by the server: read back
         self.pins: Counter[tuple[PinReason, str]] = Counter()
-        self.statements: set[int] = set()  # binary-protocol statement ids
+        # Binary-protocol statements: id -> (classification, text), applied at each execute.
+        self.statements: dict[int, tuple[Classification, str] | None] = {}
         self.autocommit_off = False
         self.multi_statements_off = False
         self.last_insert_id = 0
@@ -112,7 +123,7 @@ class MySessionState:
             self.autocommit_off = not c.autocommit
         for variable in c.user_variables:
             name = variable.name.lower()
-            if variable.value is None:
+            if variable.value is None or _mode_dependent(variable.value):
                 self.unknown_variables.add(name)
                 self.variables.pop(name, None)
             else:
@@ -140,6 +151,14 @@ class MySessionState:
     def _setting(self, setting: SettingChange) -> None:
         if setting.name in _NOT_REPLAYED:
             return
+        if setting.value is not None and setting.value.strip() == "?":
+            # A prepared statement's parameter: the value is in the execute, not the text.
+            self.pins[PinReason.UNTRACKED_SETTING, ""] += 1
+            return
+        if setting.name == "character_set_connection":
+            # Setting the character set also sets its default collation (SET NAMES x after
+            # SET NAMES x COLLATE y); a COLLATE in the same statement comes after it.
+            self.settings.pop("collation_connection", None)
         if setting.value is None:  # DEFAULT: the pooled connection's value after a reset
             self.settings.pop(setting.name, None)
         else:
@@ -181,13 +200,23 @@ class MySessionState:
         """COM_INIT_DB succeeded."""
         self.database = database
 
-    def prepared(self, statement_id: int) -> None:
-        """COM_STMT_PREPARE succeeded."""
-        self.statements.add(statement_id)
+    def prepared(self, statement_id: int, c: Classification | None = None, sql: str = "") -> None:
+        """COM_STMT_PREPARE of `sql` (classified `c`) succeeded."""
+        self.statements[statement_id] = None if c is None else (c, sql)
+
+    def executed(self, statement_id: int, *, ok: bool) -> Classification | None:
+        """COM_STMT_EXECUTE answered: the prepared statement's effects are taken in as a
+        COM_QUERY's would be. Returns its classification (None for an unknown id)."""
+        found = self.statements.get(statement_id)
+        if found is None:
+            return None
+        c, sql = found
+        self.apply(c, sql, ok=ok)
+        return c
 
     def closed(self, statement_id: int) -> None:
         """COM_STMT_CLOSE."""
-        self.statements.discard(statement_id)
+        self.statements.pop(statement_id, None)
 
     def reset(self) -> None:
         """COM_RESET_CONNECTION succeeded: the server forgot everything but the database."""
@@ -233,14 +262,23 @@ class MySessionState:
             parts.append(self.names)
         if self.database != self.home_database:
             parts.append("USE `" + self.database.replace("`", "``") + "`")
-        if self.settings:
+        plain = {k: v for k, v in self.settings.items() if k not in _TRANSACTION_SETTINGS}
+        if plain:
             parts.append(
                 "SET "
                 + ", ".join(
-                    f"SESSION {name} = {_setting_literal(value)}"
-                    for name, value in self.settings.items()
+                    f"SESSION {name} = {_setting_literal(value)}" for name, value in plain.items()
                 )
             )
+        characteristics = []
+        isolation = self.settings.get("transaction_isolation")
+        if isolation is not None:
+            characteristics.append("ISOLATION LEVEL " + isolation.replace("-", " ").upper())
+        read_only = self.settings.get("transaction_read_only")
+        if read_only is not None:
+            characteristics.append("READ ONLY" if read_only == "ON" else "READ WRITE")
+        if characteristics:
+            parts.append("SET SESSION TRANSACTION " + ", ".join(characteristics))
         if self.variables:
             parts.append(
                 "SET "

@@ -328,3 +328,18 @@ def test_last_insert_id_follows_the_client_across_connections(balancer: Balancer
         assert b_id != a_id
         assert one(a, "SELECT LAST_INSERT_ID()") == a_id
         assert one(b, "SELECT LAST_INSERT_ID()") == b_id
+
+
+def test_a_client_that_inserted_nothing_never_sees_another_clients_insert_id(
+    balancer: BalancerThread,
+) -> None:
+    # pool_size = 1: the newcomer gets the very connection the inserter used.
+    with connect(balancer) as inserter:
+        run(
+            inserter,
+            "CREATE TABLE IF NOT EXISTS pool_ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)",
+        )
+        run(inserter, "INSERT INTO pool_ai (v) VALUES (3)")
+        assert inserter.insert_id() > 0
+        with connect(balancer) as newcomer:
+            assert one(newcomer, "SELECT LAST_INSERT_ID()") == 0

@@ -124,7 +124,9 @@ class TxEngine:
         self.touched = False
         self.min_position: Position | None = None
         self.hidden_running = False
-        self.last_insert_id = 0  # to restore on the connection before the next command
+        # To restore on the connection before the next command (None: nothing to restore; 0 is
+        # restored too: the connection may hold another client's id).
+        self.last_insert_id: int | None = None
         # Routing, checkout, re-runs and giving back (mysql/checkout.py).
         self.checkout = UnitCheckout(self)
 

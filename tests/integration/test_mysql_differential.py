@@ -82,6 +82,9 @@ class Script:
     multi_statements: bool = False
     limit_at: tuple[int, ...] = ()
     known_divergence: str = ""
+    # A bug that shows only now and then (a race): the case may pass or fail; the reason
+    # names the bug, which is open in issue #12. Not for anything that diverges every time.
+    intermittent: str = ""
 
 
 def load_scripts() -> list[Script]:
@@ -95,6 +98,7 @@ def load_scripts() -> list[Script]:
             multi_statements=entry.get("multi_statements", False),
             limit_at=tuple(entry.get("limit_at", ())),
             known_divergence=entry.get("known_divergence", ""),
+            intermittent=entry.get("intermittent", ""),
         )
         for entry in data["script"]
     ]
@@ -770,6 +774,8 @@ def test_script(
         label += f" ({script.note})"
     if script.known_divergence:
         request.applymarker(pytest.mark.xfail(reason=script.known_divergence, strict=True))
+    elif script.intermittent and client == "prepared":
+        request.applymarker(pytest.mark.xfail(reason=script.intermittent, strict=False))
     run_pair(target, objects, script.sql, client, label, script.multi_statements, script.limit_at)
 
 

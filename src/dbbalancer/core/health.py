@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from dbbalancer.core.errors import SERVER_GOING_AWAY, ErrorClass
 from dbbalancer.core.position import Position
 
 __all__ = [
@@ -77,6 +78,33 @@ class ProbeFailure(enum.Enum):
     SHUTTING_DOWN = "server shutting down"
     # A replica whose replication is stopped, failed, or not set up: its data only gets staler.
     REPLICATION_STOPPED = "replication stopped"
+
+
+def failure_of_server_error(error_class: ErrorClass | None) -> ProbeFailure:
+    """A probe the server answered with an error of `error_class`."""
+    if error_class is ErrorClass.AUTHENTICATION_FAILED:
+        return ProbeFailure.AUTH_FAILED
+    if error_class in SERVER_GOING_AWAY:
+        return ProbeFailure.SHUTTING_DOWN
+    return ProbeFailure.SERVER_ERROR
+
+
+def failure_of_transport(
+    exc: BaseException, closed: type[BaseException] = ConnectionError
+) -> ProbeFailure:
+    """A probe that failed below the protocol; `closed` is the protocol's own exception for a
+    peer that closed the connection. Anything else is a server error."""
+    if isinstance(exc, TimeoutError):
+        return ProbeFailure.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeFailure.REFUSED
+    if isinstance(exc, closed | ConnectionError):
+        return ProbeFailure.CONNECTION_LOST
+    if isinstance(exc, OSError):
+        # Raised only while connecting (writes on an open transport do not raise): no route,
+        # unknown host, network unreachable; to routing, the same as a refusal.
+        return ProbeFailure.REFUSED
+    return ProbeFailure.SERVER_ERROR
 
 
 class ObservedRole(enum.Enum):

@@ -38,8 +38,13 @@ import re
 import time
 from decimal import Decimal, InvalidOperation
 
-from dbbalancer.core.errors import SERVER_GOING_AWAY, ErrorClass
-from dbbalancer.core.health import ObservedRole, ProbeFailure, ProbeResult
+from dbbalancer.core.health import (
+    ObservedRole,
+    ProbeFailure,
+    ProbeResult,
+    failure_of_server_error,
+    failure_of_transport,
+)
 from dbbalancer.core.position import Position
 from dbbalancer.core.topology import Server
 from dbbalancer.mysql.backend import (
@@ -109,22 +114,8 @@ def probe_failure(exc: BaseException) -> ProbeFailure:
         inner = exc.__cause__ or exc.__context__
         return ProbeFailure.AUTH_FAILED if inner is None else probe_failure(inner)
     if isinstance(exc, ServerError):
-        error_class = class_of(exc.errno)
-        if error_class is ErrorClass.AUTHENTICATION_FAILED:
-            return ProbeFailure.AUTH_FAILED
-        if error_class in SERVER_GOING_AWAY:
-            return ProbeFailure.SHUTTING_DOWN
-        return ProbeFailure.SERVER_ERROR
-    if isinstance(exc, TimeoutError):
-        return ProbeFailure.TIMEOUT
-    if isinstance(exc, ConnectionRefusedError):
-        return ProbeFailure.REFUSED
-    if isinstance(exc, ConnectionClosed | ConnectionError):
-        return ProbeFailure.CONNECTION_LOST
-    if isinstance(exc, OSError):
-        # Raised only while connecting: no route, unknown host; to routing, a refusal.
-        return ProbeFailure.REFUSED
-    return ProbeFailure.SERVER_ERROR
+        return failure_of_server_error(class_of(exc.errno))
+    return failure_of_transport(exc, ConnectionClosed)
 
 
 def _text(value: bytes | None, column: str) -> str | None:

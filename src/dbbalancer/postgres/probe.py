@@ -18,8 +18,13 @@ import logging
 import time
 from decimal import Decimal, InvalidOperation
 
-from dbbalancer.core.errors import SERVER_GOING_AWAY, ErrorClass
-from dbbalancer.core.health import ObservedRole, ProbeFailure, ProbeResult
+from dbbalancer.core.health import (
+    ObservedRole,
+    ProbeFailure,
+    ProbeResult,
+    failure_of_server_error,
+    failure_of_transport,
+)
 from dbbalancer.core.topology import Server
 from dbbalancer.postgres import codec
 from dbbalancer.postgres.auth import AuthenticationFailed
@@ -86,25 +91,10 @@ def probe_failure(exc: BaseException) -> ProbeFailure:
         inner = exc.__cause__ or exc.__context__
         return ProbeFailure.AUTH_FAILED if inner is None else probe_failure(inner)
     if isinstance(exc, ServerError):
-        error_class = class_of(exc.sqlstate)
-        if error_class is ErrorClass.AUTHENTICATION_FAILED:
-            return ProbeFailure.AUTH_FAILED
-        if error_class in SERVER_GOING_AWAY:
-            return ProbeFailure.SHUTTING_DOWN
-        return ProbeFailure.SERVER_ERROR
-    if isinstance(exc, TimeoutError):
-        return ProbeFailure.TIMEOUT
+        return failure_of_server_error(class_of(exc.sqlstate))
     if isinstance(exc, AuthenticationFailed):
         return ProbeFailure.AUTH_FAILED
-    if isinstance(exc, ConnectionRefusedError):
-        return ProbeFailure.REFUSED
-    if isinstance(exc, ConnectionClosed | ConnectionError):
-        return ProbeFailure.CONNECTION_LOST
-    if isinstance(exc, OSError):
-        # Raised only while connecting (writes on an open transport do not raise): no route,
-        # unknown host, network unreachable; to routing, the same as a refusal.
-        return ProbeFailure.REFUSED
-    return ProbeFailure.SERVER_ERROR
+    return failure_of_transport(exc, ConnectionClosed)
 
 
 def _text(value: bytes | None, column: str) -> str | None:

@@ -14,6 +14,7 @@ event (`CONNECTED`, `CONNECTED_READ`, `MUST_WAIT`, `NO_SERVER`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -84,9 +85,9 @@ class UnitCheckout:
         target = self._target(c)
         runtime = engine.cluster.runtime
         engine.last_insert_id = None
-        if any(
+        if (c is not None and c.uses_last_result) or any(
             (waiting := engine.classify(packet)) is not None and waiting.uses_last_result
-            for packet in engine.backlog
+            for packet in itertools.islice(engine.backlog, 1, None)
         ):
             # A statement waiting asks about the previous one, which ran on a connection that
             # may have served others since: LAST_INSERT_ID() is given back its value first.

@@ -236,6 +236,30 @@ def test_delayed_replica_is_behind_then_catches_up(
     assert _wait_token(cluster, delayed, "delay_check", token)
 
 
+def test_promote_with_catch_up_takes_what_only_another_replica_received(
+    mariadb_cluster_factory: Callable[..., MariaDbCluster],
+) -> None:
+    """A killed primary may have sent its last events to one replica only: the promoted one
+    must take them from that replica, or that replica diverges and cannot follow it."""
+    cluster = mariadb_cluster_factory(replicas=2)
+    old_primary = cluster.primary
+    new_primary, other = cluster.replicas
+    _insert_token(cluster, old_primary, "failover_check")
+    cluster.wait_replicated(timeout=REPLAY_WAIT)
+    cluster.sql(new_primary, "STOP SLAVE IO_THREAD")
+    token = _insert_token(cluster, old_primary, "failover_check")
+    cluster.wait_replicated(timeout=REPLAY_WAIT, nodes=[other])
+    assert not _has_token(cluster, new_primary, "failover_check", token)
+
+    cluster.kill(old_primary)
+    cluster.promote(new_primary, catch_up=True)
+    assert _has_token(cluster, new_primary, "failover_check", token)
+    assert cluster.slave_status(new_primary) == {}
+    after = _insert_token(cluster, new_primary, "failover_check")
+    assert _wait_token(cluster, other, "failover_check", after)
+    cluster.wait_replicated(timeout=REPLAY_WAIT)
+
+
 def test_promote_follow_rejoin_and_stop_leave_nothing(
     mariadb_cluster_factory: Callable[..., MariaDbCluster],
 ) -> None:

@@ -297,7 +297,7 @@ def test_writes_resume_on_a_replica_promoted_after_the_primary_dies(
                     describe=lambda: states(balancer),
                 )
             promote_began = time.monotonic()
-            promoted_at = cluster.promote(new)
+            promoted_at = cluster.promote(new, catch_up=True)
             # Every worker writes on the new primary again (how soon: docs/mysql.md; here only
             # a generous hang guard).
             wait_until(

@@ -259,7 +259,7 @@ class MariaDbCluster(MariaDbServers):
             if self.is_running(self.primary):
                 self.wait_connected(timeout=max(1.0, deadline - time.monotonic()), nodes=[node])
 
-    def promote(self, node: MariaDbNode) -> float:
+    def promote(self, node: MariaDbNode, *, catch_up: bool = False) -> float:
         """Make replica ``node`` the primary: ``STOP SLAVE; RESET SLAVE ALL; read_only=0``.
 
         Returns the monotonic time at which that statement returned (``node`` was writable
@@ -274,11 +274,18 @@ class MariaDbCluster(MariaDbServers):
         it has nothing the new primary lacks (``gtid_strict_mode`` stops it otherwise), and its
         ``MASTER_DELAY`` is kept. A stopped replica follows the new primary when started. The
         old primary is not stopped: kill or stop it first, or two nodes accept writes.
+
+        ``catch_up=True`` does what a failover tool does once the old primary is dead (MHA,
+        MaxScale's failover): every running replica first applies what it had received, and
+        ``node`` then takes from the most advanced of them what it lacks, so that the others
+        can follow it (a killed primary may have sent its last events to one replica only).
         """
         if node.name not in self._replica_names:
             raise MariaDbClusterError(f"{node.name} is not a replica")
         if not self.is_running(node):
             raise MariaDbClusterError(f"{node.name} is not running")
+        if catch_up:
+            _catch_up(self, node, [r for r in self.replicas if r != node and self.is_running(r)])
         self.sql(node, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
         writable_at = time.monotonic()
         self._replica_names.remove(node.name)
@@ -449,3 +456,35 @@ class MariaDbCluster(MariaDbServers):
         )
 
     # ----------------------------------------------------------------- internals: processes
+
+
+def _applied(cluster: MariaDbCluster, replica: MariaDbNode, deadline: float) -> dict[int, int]:
+    """Wait until ``replica`` has applied every event it received (``Gtid_IO_Pos``); return its
+    ``@@gtid_slave_pos``."""
+    received = parse_gtid_pos(cluster.slave_status(replica).get("Gtid_IO_Pos"))
+    while True:
+        have = cluster.gtid_slave_pos(replica)
+        if gtid_pos_covers(have, received):
+            return have
+        if time.monotonic() >= deadline:
+            raise MariaDbClusterError(
+                f"{replica.name} did not apply its relay log: at {have}, received {received}"
+            )
+        time.sleep(0.01)
+
+
+def _catch_up(cluster: MariaDbCluster, node: MariaDbNode, others: list[MariaDbNode]) -> None:
+    """Bring ``node`` up to the most advanced of ``others`` (see ``promote(catch_up=True)``)."""
+    deadline = time.monotonic() + 30.0
+    have = _applied(cluster, node, deadline)
+    for other in others:
+        ahead = _applied(cluster, other, deadline)
+        if gtid_pos_covers(have, ahead):
+            continue
+        cluster._follow(node, other)
+        while not gtid_pos_covers(have := cluster.gtid_slave_pos(node), ahead):
+            if time.monotonic() >= deadline:
+                raise MariaDbClusterError(
+                    f"{node.name} did not catch up from {other.name}: at {have}, wants {ahead}"
+                )
+            time.sleep(0.01)

@@ -229,3 +229,51 @@ def test_reads_survive_a_replica_dying(mariadb_cluster_factory: Any) -> None:
         for t in threads:
             t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "where"),
+    [
+        ("/* dbbalancer:primary */ SELECT @@port", "primary"),
+        # Only a leading comment is a hint (docs/mysql.md, "Hints and executable comments").
+        ("SELECT /* dbbalancer:primary */ @@port", "replica"),
+        ("/* dbbalancer:replica */ SELECT @@port", "replica"),
+        # A replica hint never turns a write (or a locking read) into a read.
+        ("/* dbbalancer:replica */ SELECT @@port FROM DUAL FOR UPDATE", "primary"),
+        ("/* dbbalancer:replica */ SELECT @@port + 0 * NEXTVAL(route_seq)", "primary"),
+    ],
+)
+def test_routing_hints_in_comments(
+    balancer: BalancerThread, mariadb_cluster: MariaDbCluster, sql: str, where: str
+) -> None:
+    with connect(balancer) as conn:
+        ports = {one(conn, sql) for _ in range(4)}
+    if where == "primary":
+        assert ports == {mariadb_cluster.primary.port}
+    else:
+        assert ports <= replica_ports(mariadb_cluster)
+
+
+def test_a_users_default_route_primary_keeps_its_reads_on_the_primary(
+    mariadb_cluster: MariaDbCluster,
+) -> None:
+    """`default_route = "primary"` for one user; another user on the same cluster still reads
+    from the replicas, and a replica hint still sends the first user's read to a replica."""
+    mariadb_cluster.sql(
+        mariadb_cluster.primary,
+        "CREATE USER IF NOT EXISTS 'reporter'@'127.0.0.1' IDENTIFIED BY 'reporter'; "
+        f"GRANT ALL PRIVILEGES ON {mariadb_cluster.database}.* TO 'reporter'@'127.0.0.1'",
+    )
+    mariadb_cluster.wait_replicated()
+    config = pooling_config(mariadb_cluster, extra=SPLIT, primary_only=False).replace(
+        "[[clusters]]",
+        '[[users]]\nname = "reporter"\npassword = "reporter"\nauth = "mysql_native_password"\n'
+        'default_route = "primary"\n\n[[clusters]]',
+    )
+    with BalancerThread(parse_config(config)) as thread:
+        with connect(thread, user="reporter", password="reporter") as conn:
+            assert {one(conn, "SELECT @@port") for _ in range(4)} == {mariadb_cluster.primary.port}
+            hinted = {one(conn, "/* dbbalancer:replica */ SELECT @@port") for _ in range(4)}
+            assert hinted <= replica_ports(mariadb_cluster)
+        with connect(thread) as conn:
+            assert one(conn, "SELECT @@port") in replica_ports(mariadb_cluster)

@@ -66,6 +66,8 @@ def test_computed_variables_are_read_back() -> None:
         ("LOCK TABLES t READ", "UNLOCK TABLES"),
         ("PREPARE s FROM 'SELECT 1'", "DEALLOCATE PREPARE s"),
         ("SET autocommit = 0", "SET autocommit = 1"),
+        ("SET TRANSACTION READ ONLY", "COMMIT"),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "ROLLBACK"),
     ],
 )
 def test_pins_end_when_their_state_is_gone(pin: str, unpin: str) -> None:
@@ -74,6 +76,22 @@ def test_pins_end_when_their_state_is_gone(pin: str, unpin: str) -> None:
     assert state.pinned, state.pin_reasons()
     apply(state, unpin)
     assert not state.pinned, state.pin_reasons()
+
+
+def test_set_transaction_for_the_next_transaction_pins_until_one_ends() -> None:
+    """The server keeps it until a commit or rollback; a table-less read, a failed ROLLBACK,
+    a new transaction or a rollback to a savepoint do not end it."""
+    state = fresh()
+    apply(state, "SET TRANSACTION READ ONLY")
+    assert state.pin_reasons() == ["next_transaction"]
+    for sql in ("SELECT 1", "START TRANSACTION", "SAVEPOINT s", "ROLLBACK TO SAVEPOINT s"):
+        apply(state, sql)
+    apply(state, "ROLLBACK", ok=False)
+    assert state.pinned
+    apply(state, "COMMIT")
+    assert not state.pinned
+    apply(state, "SET SESSION TRANSACTION READ ONLY")  # the session's: replayed, no pin
+    assert not state.pinned
 
 
 def test_nested_locks_and_two_temp_tables_need_every_release() -> None:

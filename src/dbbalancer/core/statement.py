@@ -116,6 +116,9 @@ class PinReason(enum.Enum):
     TABLE_LOCK = "table_lock"  # explicit table or instance locks held by the session
     DISTRIBUTED_TRANSACTION = "distributed_transaction"  # an open X/Open XA branch
     OPEN_CURSOR = "open_cursor"  # a table cursor opened outside any transaction
+    # Characteristics set for the session's next transaction only; held until a transaction
+    # ends (the server keeps them on its connection until then, and they cannot be read back).
+    NEXT_TRANSACTION = "next_transaction"
 
 
 class UnpinEvent(enum.Enum):

@@ -1264,12 +1264,15 @@ def _stmt_set_transaction(st: list[Token], scope: str, ctx: _Ctx) -> Classificat
                 SettingChange("transaction_read_only", "ON" if read_only else "OFF", False)
             )
         return Classification(_SESSION, Reason.SET, True, settings=tuple(settings))
+    # For the next transaction only: the server holds it on its connection until a transaction
+    # ends, and it cannot be read back to be replayed elsewhere, so the client stays there.
     return Classification(
         _TRANSACTION,
         Reason.TX_CONTROL,
         read_only is not False,
         tx=TxAction.SET_TRANSACTION,
         tx_read_only=read_only,
+        pins=(PinReason.NEXT_TRANSACTION,),
     )
 
 

@@ -23,12 +23,25 @@ import re
 from collections import Counter
 from typing import Final
 
-from dbbalancer.core.statement import Classification, PinReason, SettingChange, UnpinEvent
+from dbbalancer.core.statement import (
+    Classification,
+    PinReason,
+    SettingChange,
+    TxAction,
+    UnpinEvent,
+)
 
 __all__ = ["MySessionState", "literal_of", "quote_string"]
 
 # Setting names the engine manages itself: autocommit is a pin, not a replayed value.
 _NOT_REPLAYED: Final = frozenset({"autocommit"})
+# What surely ends the transaction that `SET TRANSACTION` (next transaction only) was for, or
+# discards it (the server clears it at any commit or rollback, even with no transaction open;
+# an autocommitted statement on tables clears it too, which the text does not tell: the pin
+# then lasts until one of these).
+_ENDS_NEXT_TRANSACTION: Final = frozenset(
+    {TxAction.COMMIT, TxAction.ROLLBACK, TxAction.COMMIT_AND_CHAIN, TxAction.ROLLBACK_AND_CHAIN}
+)
 # What SET SESSION TRANSACTION changed, replayed with that statement: the variable names differ
 # between servers (MariaDB before 11.1 knows only tx_isolation and tx_read_only).
 _TRANSACTION_SETTINGS: Final = frozenset({"transaction_isolation", "transaction_read_only"})
@@ -147,6 +160,8 @@ class MySessionState:
                 self.pins[key] += 1
         for unpin in c.unpins:
             self._unpin(unpin, c)
+        if c.tx in _ENDS_NEXT_TRANSACTION:
+            self._drop(PinReason.NEXT_TRANSACTION, None)
 
     def _setting(self, setting: SettingChange) -> None:
         if setting.name in _NOT_REPLAYED:

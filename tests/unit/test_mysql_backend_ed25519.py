@@ -58,8 +58,8 @@ async def _read(reader: asyncio.StreamReader, packets: PacketReader) -> Packet:
     raise AssertionError("no whole packet after 100 reads")
 
 
-def _scripted(scramble: bytes, answers: list[bytes]) -> Callable[..., Awaitable[None]]:
-    """A server that switches to client_ed25519 with `scramble` and records the answer."""
+def _scripted(scramble: bytes, answers: list[bytes], plugin: str) -> Callable[..., Awaitable[None]]:
+    """A server that switches to `plugin` with `scramble` and records the answer."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         packets = PacketReader(expected_sequence=None)
@@ -75,7 +75,7 @@ def _scripted(scramble: bytes, answers: list[bytes]) -> Callable[..., Awaitable[
         try:
             writer.write(encode_packets(greeting.encode(), 0)[0])
             response = await _read(reader, packets)
-            switch = AuthSwitchRequest(auth.CLIENT_ED25519, scramble).encode()
+            switch = AuthSwitchRequest(plugin, scramble).encode()
             writer.write(encode_packets(switch, response.sequence_id + 1)[0])
             answer = await _read(reader, packets)
             answers.append(answer.payload)
@@ -96,8 +96,10 @@ def _scripted(scramble: bytes, answers: list[bytes]) -> Callable[..., Awaitable[
     return serve
 
 
-async def _login(scramble: bytes, password: str, answers: list[bytes]) -> None:
-    server = await asyncio.start_server(_scripted(scramble, answers), "127.0.0.1", 0)
+async def _login(
+    scramble: bytes, password: str, answers: list[bytes], plugin: str = auth.CLIENT_ED25519
+) -> None:
+    server = await asyncio.start_server(_scripted(scramble, answers, plugin), "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
         conn = await connect_server(
@@ -139,4 +141,11 @@ def test_a_scramble_of_another_length_is_a_protocol_error() -> None:
         ServerUnavailable, match=r"server scripted: a client_ed25519 scramble of 20"
     ):
         asyncio.run(_login(b"x" * 20, "secret", answers))
+    assert answers == []
+
+
+def test_another_plugin_is_refused_by_name() -> None:
+    answers: list[bytes] = []
+    with pytest.raises(ServerUnavailable, match="asks for authentication plugin 'dialog'"):
+        asyncio.run(_login(b"Password: \0", "secret", answers, plugin="dialog"))
     assert answers == []

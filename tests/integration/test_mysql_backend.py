@@ -167,43 +167,6 @@ def test_closed_port_is_unavailable() -> None:
     asyncio.run(main())
 
 
-@pytest.fixture
-def ed25519_user(mariadb_cluster: MariaDbCluster) -> Iterator[str]:
-    primary = mariadb_cluster.primary
-    installed = mariadb_cluster.sql(
-        primary,
-        "SELECT COUNT(*) FROM information_schema.PLUGINS WHERE PLUGIN_NAME = 'ed25519'",
-    )
-    if installed == [("0",)]:
-        mariadb_cluster.sql(primary, "INSTALL SONAME 'auth_ed25519'")
-    mariadb_cluster.sql(
-        primary,
-        "SET SESSION sql_log_bin = 0; CREATE USER 'edu'@'127.0.0.1' "
-        "IDENTIFIED VIA ed25519 USING PASSWORD('secret')",
-    )
-    try:
-        yield "edu"
-    finally:
-        mariadb_cluster.sql(primary, "SET SESSION sql_log_bin = 0; DROP USER 'edu'@'127.0.0.1'")
-
-
-def test_auth_switch_to_an_unknown_plugin_is_refused_by_name(
-    mariadb_cluster: MariaDbCluster, ed25519_user: str
-) -> None:
-    async def main() -> None:
-        with pytest.raises(ServerUnavailable, match="client_ed25519"):
-            await connect_server(
-                as_server(mariadb_cluster.primary),
-                user=ed25519_user,
-                password="secret",
-                database=None,
-                connect_timeout=5.0,
-                max_payload=MB,
-            )
-
-    asyncio.run(main())
-
-
 # -- conversation -------------------------------------------------------------------------------
 
 

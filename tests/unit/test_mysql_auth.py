@@ -1,16 +1,21 @@
 """Unit tests for mysql/auth.py.
 
 Oracles: the stored hash MariaDB itself computes (``SELECT PASSWORD('secret')`` in the recorded
-session, tests/data/mysql_session.json) and PyMySQL's client-side scrambles (a dev dependency,
-called here, never copied).
+session, tests/data/mysql_session.json), the ed25519 public keys MariaDB stored for
+``IDENTIFIED VIA ed25519 USING PASSWORD(...)`` (ED25519_KEYS), standard Ed25519 verification
+(PyNaCl's, which is the check MariaDB's server makes) and PyMySQL's client-side scrambles (a dev
+dependency, called here, never copied).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
 
+import nacl.exceptions
+import nacl.signing
 import pytest
 from pymysql import _auth as pymysql_auth
 
@@ -127,3 +132,66 @@ def test_caching_sha2_rsa_round_trip() -> None:
     expected = pymysql_auth.sha2_rsa_encrypt(b"s\xc3\xa9cret", nonce, public_pem)
     # OAEP is randomised: compare what PyMySQL's ciphertext decrypts to.
     assert auth.caching_sha2_decrypt_password(expected, nonce, private_pem) == "s\u00e9cret"
+
+
+# -- client_ed25519 -----------------------------------------------------------------------------
+
+# MariaDB 10.11 (Debian 12), auth_ed25519 installed: ``CREATE USER ... IDENTIFIED VIA ed25519
+# USING PASSWORD('<password>')`` over a utf8mb4 connection, then
+# ``JSON_VALUE(Priv, '$.authentication_string')`` from mysql.global_priv (for 'secret' also
+# what the plugin's ed25519_password('secret') returns).
+ED25519_KEYS = {
+    "secret": "ZIgUREUg5PVgQ6LskhXmO+eZLS0nC8be6HPjYWR4YJY",
+    "p\u00e4ssw\u00f6rd": "3AcJUN7vR2AnAzs/McwNtGs2GDbHzL5YqZoIOPw62V0",
+    "x" * 100: "UdhomqEdOtHyENpx97aeneL7yr8EYvVvlNWoAEJEyZg",
+    "app": "A6JsKXS3kEXnObMR3UnBsXJpYq9wDTms6ThPMr/0Eyw",
+}
+ED25519_NONCES = [
+    bytes(range(32)),
+    bytes(range(31, -1, -1)),  # ends with a 0 byte, which is data, not a terminator
+    hashlib.sha256(b"scramble").digest(),
+]
+
+
+def _verify_key(stored: str) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(base64.b64decode(stored + "="))
+
+
+@pytest.mark.parametrize(("password", "stored"), ED25519_KEYS.items(), ids=range(4))
+def test_ed25519_public_key_matches_the_server(password: str, stored: str) -> None:
+    assert auth.ed25519_public_key(password) == stored
+    assert len(stored) == 43
+
+
+@pytest.mark.parametrize(("password", "stored"), ED25519_KEYS.items(), ids=range(4))
+@pytest.mark.parametrize("nonce", ED25519_NONCES, ids=["up", "down-nul", "hash"])
+def test_ed25519_scramble_verifies_under_the_stored_key(
+    password: str, stored: str, nonce: bytes
+) -> None:
+    signature = auth.ed25519_scramble(password, nonce)
+    assert len(signature) == auth.ED25519_SIGNATURE_LENGTH
+    # The server's check: an Ed25519 signature of the scramble under the stored public key.
+    assert _verify_key(stored).verify(nonce, signature) == nonce
+    assert signature == pymysql_auth.ed25519_password(password.encode(), nonce)
+    # Ed25519 signatures are deterministic.
+    assert auth.ed25519_scramble(password, nonce) == signature
+
+
+def test_ed25519_scramble_refuses_what_is_wrong() -> None:
+    nonce = ED25519_NONCES[1]
+    key = _verify_key(ED25519_KEYS["secret"])
+    with pytest.raises(nacl.exceptions.BadSignatureError):
+        key.verify(nonce, auth.ed25519_scramble("Secret", nonce))
+    with pytest.raises(nacl.exceptions.BadSignatureError):
+        # The NUL that ends the scramble belongs to it: signing without it is another message.
+        key.verify(nonce, auth.ed25519_scramble("secret", nonce[:-1] + b"\1"))
+    for wrong in (nonce[:-1], nonce + b"\0", NONCES[0]):
+        with pytest.raises(ValueError, match="32 bytes"):
+            auth.ed25519_scramble("secret", wrong)
+
+
+def test_ed25519_empty_password_still_signs() -> None:
+    # MariaDB's client signs with the key of the empty password too (SHA-512 of no bytes).
+    nonce = ED25519_NONCES[0]
+    signature = auth.ed25519_scramble("", nonce)
+    assert _verify_key(auth.ed25519_public_key("")).verify(nonce, signature) == nonce

@@ -1,4 +1,5 @@
-"""Pure MySQL/MariaDB authentication maths: mysql_native_password and caching_sha2_password.
+"""Pure MySQL/MariaDB authentication maths: mysql_native_password, caching_sha2_password and
+MariaDB's client_ed25519.
 
 No I/O. Sections followed (MySQL Source Code Documentation, "Connection Phase":
 "Authentication Methods"; MariaDB documentation, "Connection" and "Authentication Plugin -
@@ -18,19 +19,30 @@ mysql_native_password"):
   server's RSA public key, RSA-OAEP with SHA-1 (``RSA_PKCS1_OAEP_PADDING``), which needs the
   ``cryptography`` package (imported only when called).
 
-MariaDB's client_ed25519 is not implemented: it is a MariaDB-specific construction that needs
-verifying against a server with the auth_ed25519 plugin installed.
+* client_ed25519 (MariaDB, "Authentication Plugin - ed25519"), client side only: the server
+  sends a 32-byte scramble and the client answers with the 64-byte Ed25519 signature of it
+  (RFC 8032, section 5.1.6), under a key derived as Ed25519 derives it from a seed except that
+  the hashed secret is the password's bytes, of any length: ``h = SHA512(password)``, the
+  secret scalar ``a`` is ``h[:32]`` clamped, the nonce prefix is ``h[32:]``. The server stores
+  the public key ``A = aB`` as 43 characters of unpadded base64 (what ``PASSWORD()`` gives in
+  ``IDENTIFIED VIA ed25519 USING PASSWORD(...)``; :func:`ed25519_public_key`). Signatures
+  verify as standard Ed25519 under ``A``. The curve arithmetic is libsodium's, through PyNaCl.
 
 Secrets are compared with :func:`hmac.compare_digest`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+from types import ModuleType
 from typing import Any, Final
 
 __all__ = [
+    "CLIENT_ED25519",
+    "ED25519_NONCE_LENGTH",
+    "ED25519_SIGNATURE_LENGTH",
     "NONCE_LENGTH",
     "caching_sha2_decrypt_password",
     "caching_sha2_encrypt_password",
@@ -38,6 +50,8 @@ __all__ = [
     "caching_sha2_stored",
     "caching_sha2_verify",
     "caching_sha2_xor_password",
+    "ed25519_public_key",
+    "ed25519_scramble",
     "native_password_hash",
     "native_recover_stage1",
     "native_scramble",
@@ -49,6 +63,11 @@ __all__ = [
 
 # Both servers send a 20-byte nonce (plus a NUL in the greeting and AuthSwitchRequest).
 NONCE_LENGTH: Final = 20
+# MariaDB's ed25519 plugin, client side: a 32-byte scramble (no NUL: any byte, the last one
+# too), a 64-byte answer.
+CLIENT_ED25519: Final = "client_ed25519"
+ED25519_NONCE_LENGTH: Final = 32
+ED25519_SIGNATURE_LENGTH: Final = 64
 _HEX_UPPER: Final = frozenset("0123456789ABCDEF")
 
 
@@ -200,3 +219,70 @@ def caching_sha2_decrypt_password(ciphertext: bytes, nonce: bytes, private_key_p
     if not data.endswith(b"\0"):
         raise ValueError("the decrypted password is not NUL-terminated")
     return data[:-1].decode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# client_ed25519 (MariaDB)
+
+
+def _sodium() -> ModuleType:
+    try:
+        from nacl import bindings
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("MariaDB's client_ed25519 needs the 'pynacl' package") from exc
+    return bindings
+
+
+def _ed25519_secret(password: str) -> tuple[bytes, bytes]:
+    """The secret scalar (clamped, reduced mod L) and the nonce prefix of a password's key."""
+    digest = hashlib.sha512(password.encode("utf-8")).digest()
+    scalar = bytearray(digest[:32])
+    scalar[0] &= 0xF8  # a multiple of the cofactor 8
+    scalar[31] &= 0x7F
+    scalar[31] |= 0x40  # bit 254 set
+    # Reducing mod L changes no multiple of the base point (its order is L) and keeps the
+    # scalar arithmetic below in libsodium's range.
+    reduced: bytes = _sodium().crypto_core_ed25519_scalar_reduce(bytes(scalar) + bytes(32))
+    return reduced, digest[32:]
+
+
+def _ed25519_reduce(*parts: bytes) -> bytes:
+    """``SHA512(parts) mod L``, as a 32-byte little-endian scalar."""
+    reduced: bytes = _sodium().crypto_core_ed25519_scalar_reduce(
+        hashlib.sha512(b"".join(parts)).digest()
+    )
+    return reduced
+
+
+def _ed25519_base(scalar: bytes) -> bytes:
+    """``scalar * B``, encoded (32 bytes)."""
+    point: bytes = _sodium().crypto_scalarmult_ed25519_base_noclamp(scalar)
+    return point
+
+
+def ed25519_public_key(password: str) -> str:
+    """The public key the server stores for `password`: 43 characters of unpadded base64."""
+    scalar, _ = _ed25519_secret(password)
+    return base64.b64encode(_ed25519_base(scalar)).decode("ascii").rstrip("=")
+
+
+def ed25519_scramble(password: str, nonce: bytes) -> bytes:
+    """The client's answer to a client_ed25519 scramble: the 64-byte signature ``R || S``.
+
+    `nonce` is the AuthSwitchRequest's whole plugin data (32 bytes; a last byte of 0 is part
+    of it, not a terminator); ValueError for any other length.
+    """
+    if len(nonce) != ED25519_NONCE_LENGTH:
+        raise ValueError(
+            f"a client_ed25519 scramble has {ED25519_NONCE_LENGTH} bytes, not {len(nonce)}"
+        )
+    scalar, prefix = _ed25519_secret(password)
+    public = _ed25519_base(scalar)
+    r = _ed25519_reduce(prefix, nonce)
+    big_r = _ed25519_base(r)
+    k = _ed25519_reduce(big_r, public, nonce)
+    sodium = _sodium()
+    s: bytes = sodium.crypto_core_ed25519_scalar_add(
+        r, sodium.crypto_core_ed25519_scalar_mul(k, scalar)
+    )
+    return big_r + s

@@ -7,8 +7,10 @@ server's and with what the codec decodes (`codec.negotiate`), and authenticates 
 mysql_native_password or caching_sha2_password, following AuthSwitchRequest and AuthMoreData.
 caching_sha2_password's full authentication runs over plain TCP: the proxy asks for the server's
 RSA public key (AuthMoreData 0x02) and sends the password encrypted with it (`mysql.auth`).
-MariaDB's client_ed25519 is not spoken; a server that asks for it (or any other plugin) is
-refused with a message naming it.
+MariaDB's client_ed25519 is spoken when the server switches to it (a user created
+``IDENTIFIED VIA ed25519``): the proxy signs the 32-byte scramble with the key the password
+derives. A server that asks for any other plugin is refused with a message naming it; a login
+the server refuses as access denied names the server and the plugin.
 
 A logged-in `ServerConnection` then runs in one of two modes:
 
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, cast
 
 from dbbalancer.core.cluster import ServerConnectError
-from dbbalancer.core.errors import SERVER_GOING_AWAY
+from dbbalancer.core.errors import SERVER_GOING_AWAY, ErrorClass
 from dbbalancer.core.topology import Server
 from dbbalancer.mysql import auth
 from dbbalancer.mysql.codec import (
@@ -115,7 +117,9 @@ ALWAYS_REQUESTED: Final = (
 UTF8MB4_GENERAL_CI: Final = 45  # known to every MySQL and MariaDB since 5.5
 CONNECT_ATTRS: Final = (("_client_name", "dbbalancer"),)
 _REQUEST_PUBLIC_KEY: Final = b"\x02"  # caching_sha2_password, over a connection without TLS
+# Plugins the first answer may use; a server switches to the others (`_SWITCH_PLUGINS`).
 _PLUGINS: Final = frozenset({MYSQL_NATIVE_PASSWORD, CACHING_SHA2_PASSWORD})
+_SWITCH_PLUGINS: Final = _PLUGINS | {auth.CLIENT_ED25519}
 
 
 class ServerError(Exception):
@@ -538,6 +542,31 @@ def _scramble(plugin: str, password: str, nonce: bytes) -> bytes:
     return auth.native_scramble(password, nonce)
 
 
+def _switch_answer(switch: AuthSwitchRequest, password: str) -> bytes:
+    """The answer to an AuthSwitchRequest for one of `_SWITCH_PLUGINS`."""
+    if switch.plugin_name != auth.CLIENT_ED25519:
+        return _scramble(switch.plugin_name, password, switch.nonce)
+    # The whole data is the scramble: its last byte may be 0 (`switch.nonce` would drop it).
+    if len(switch.data) != auth.ED25519_NONCE_LENGTH:
+        raise ProtocolError(
+            f"a {auth.CLIENT_ED25519} scramble of {len(switch.data)} bytes, "
+            f"not {auth.ED25519_NONCE_LENGTH}"
+        )
+    return auth.ed25519_scramble(password, switch.data)
+
+
+def _refusal(err: ErrPacket, server: str, user: str, plugin: str) -> ServerError:
+    """The ServerError for an ERR that ends the login; an access denied names the server and
+    the authentication plugin that was answered."""
+    if class_of(err.errno) is not ErrorClass.AUTHENTICATION_FAILED:
+        return ServerError.of(err)
+    return ServerError(
+        err.errno,
+        err.sqlstate,
+        f"server {server} refused the login as '{user}' with {plugin}: {err.message}",
+    )
+
+
 async def _login(
     conn: ServerConnection,
     *,
@@ -591,17 +620,17 @@ async def _login(
             conn.login_done(OkPacket.decode(payload, caps).status_flags)
             return
         if head == b"\xff":
-            raise ServerError.of(ErrPacket.decode(payload))
+            raise _refusal(ErrPacket.decode(payload), name, user, plugin)
         if head == b"\xfe":
             switch = AuthSwitchRequest.decode(payload)
-            if switch.plugin_name not in _PLUGINS:
+            if switch.plugin_name not in _SWITCH_PLUGINS:
                 raise ServerUnavailable(
                     f"server {name} asks for authentication plugin "
                     f"{switch.plugin_name or '(pre-4.1 password)'!r}; dbbalancer speaks "
-                    f"{MYSQL_NATIVE_PASSWORD} and {CACHING_SHA2_PASSWORD}"
+                    f"{MYSQL_NATIVE_PASSWORD}, {CACHING_SHA2_PASSWORD} and {auth.CLIENT_ED25519}"
                 )
             plugin, nonce = switch.plugin_name, switch.nonce
-            conn.write_login_packet(_scramble(plugin, password, nonce), reply)
+            conn.write_login_packet(_switch_answer(switch, password), reply)
         elif head == b"\x01" and plugin == CACHING_SHA2_PASSWORD:
             data = AuthMoreData.decode(payload).data
             if data == AuthMoreData.FAST_AUTH_SUCCESS:

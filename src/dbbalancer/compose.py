@@ -220,8 +220,9 @@ async def drain_sessions(
 
 # -- clusters from config ------------------------------------------------------------------------
 
-#: Opens and logs in one server connection of `cluster` for `user`.
-Connect = Callable[[ClusterConfig, Server, UserConfig], Awaitable[C]]
+#: Opens and logs in one server connection of `cluster` for `user`, with the protocol's
+#: connection `profile` ("" unless the protocol keeps some clients' connections apart).
+Connect = Callable[[ClusterConfig, Server, UserConfig, str], Awaitable[C]]
 #: A health prober for `cluster` that logs in as `user`.
 MakeProber = Callable[[ClusterConfig, UserConfig], Prober]
 
@@ -298,8 +299,8 @@ def build_cluster(
     users = {u.name: u for u in config.users}
     limits = pool_limits(cluster)
 
-    async def open_connection(server: Server, user_name: str) -> C:
-        return await connect(cluster, server, users[user_name])
+    async def open_connection(server: Server, user_name: str, profile: str) -> C:
+        return await connect(cluster, server, users[user_name], profile)
 
     def limits_of(_user: str) -> PoolLimits:
         return limits

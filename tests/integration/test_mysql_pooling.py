@@ -14,6 +14,7 @@ from typing import Any
 import mysql.connector
 import pymysql
 import pytest
+from pymysql.constants import CLIENT
 
 from dbbalancer.config.loader import parse_config
 from dbbalancer.testing.balancer import BalancerThread
@@ -343,3 +344,49 @@ def test_a_client_that_inserted_nothing_never_sees_another_clients_insert_id(
         assert inserter.insert_id() > 0
         with connect(balancer) as newcomer:
             assert one(newcomer, "SELECT LAST_INSERT_ID()") == 0
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_found_rows_clients_get_the_rows_matched_as_a_direct_connection_gives(
+    mariadb_cluster: MariaDbCluster, mode: str
+) -> None:
+    """CLIENT_FOUND_ROWS (Django, SQLAlchemy's MySQL dialects) makes an UPDATE report the rows
+    it matched, not those it changed. Clients with and without it share one proxy and one
+    pool_size = 1 cluster, in turns."""
+    mariadb_cluster.sql(
+        mariadb_cluster.primary,
+        "CREATE TABLE IF NOT EXISTS found_rows_t (id INT PRIMARY KEY, v INT); "
+        "REPLACE INTO found_rows_t VALUES (1, 1), (2, 1)",
+    )
+    statements = [
+        "UPDATE found_rows_t SET v = 1",  # matches 2, changes none
+        "UPDATE found_rows_t SET v = 1 WHERE id = 1",
+        "INSERT INTO found_rows_t VALUES (1, 1) ON DUPLICATE KEY UPDATE v = 1",
+        "UPDATE found_rows_t SET v = 2 WHERE id = 2",
+        "UPDATE found_rows_t SET v = 1 WHERE id = 2",
+    ]
+
+    def outcomes(**kwargs: Any) -> list[int]:
+        conn = pymysql.connect(**kwargs, autocommit=True)
+        with conn, conn.cursor() as cur:
+            return [cur.execute(sql) for sql in statements]
+
+    direct = mariadb_cluster.connect_kwargs(mariadb_cluster.primary)
+    flags = [0, CLIENT.FOUND_ROWS]
+    want = {flag: outcomes(**direct, client_flag=flag) for flag in flags}
+    assert want[0] != want[CLIENT.FOUND_ROWS]  # the test can fail
+    config = pooling_config(mariadb_cluster).replace(
+        'pool_mode = "transaction"', f'pool_mode = "{mode}"'
+    )
+    with BalancerThread(parse_config(config)) as thread:
+        for _ in range(2):
+            for flag in flags:
+                got = outcomes(
+                    host="127.0.0.1",
+                    port=port_of(thread),
+                    user="app",
+                    password="app",
+                    database="app",
+                    client_flag=flag,
+                )
+                assert got == want[flag], flag

@@ -270,7 +270,9 @@ def test_monitor_built_by_compose_follows_a_promotion(
     cluster_config, user, config = mysql_config(cluster)
     probers: list[MyProber] = []
 
-    async def connect(c: ClusterConfig, server: Server, u: UserConfig) -> ServerConnection:
+    async def connect(
+        c: ClusterConfig, server: Server, u: UserConfig, _profile: str
+    ) -> ServerConnection:
         return await connect_server(
             server,
             user=u.name,

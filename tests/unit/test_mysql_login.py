@@ -213,3 +213,15 @@ def test_change_user_reauthenticates() -> None:
     assert done.accepted.user.name == "sha2"
     wrong = ComChangeUser("native", auth.native_scramble("nope", NONCE), "app")
     assert error_of(machine.change_user(wrong)).errno == 1045
+
+
+def test_found_rows_clients_have_a_pool_profile_of_their_own() -> None:
+    from dbbalancer.mysql.codec import Capability
+    from dbbalancer.mysql.login import OFFERED_CAPABILITIES, pool_profile, profile_capabilities
+
+    assert OFFERED_CAPABILITIES & Capability.FOUND_ROWS
+    assert not OFFERED_CAPABILITIES & Capability.IGNORE_SPACE
+    assert pool_profile(int(OFFERED_CAPABILITIES & ~Capability.FOUND_ROWS)) == ""
+    assert pool_profile(int(Capability.FOUND_ROWS | Capability.PROTOCOL_41)) == "found_rows"
+    assert profile_capabilities("found_rows") == Capability.FOUND_ROWS
+    assert profile_capabilities("") == Capability(0)

@@ -96,7 +96,7 @@ async def _never(_server: Server) -> ProbeResult:
 def monitored_cluster(policy: ReplicaPolicy | None = None) -> Cluster[PooledConnection]:
     servers = [server("p"), server("r1"), server("r2"), server("r3")]
 
-    async def connect(_server: Server, _user: str) -> PooledConnection:
+    async def connect(_server: Server, _user: str, _profile: str) -> PooledConnection:
         raise AssertionError("no connection is opened here")
 
     cluster: Cluster[PooledConnection] = Cluster(
@@ -151,3 +151,13 @@ def test_without_epochs_two_writable_servers_get_no_primary() -> None:
     )
     assert (election.primary, election.fenced) == (None, ("a", "b"))
     assert "the epoch of a, b is unknown" in election.reason
+
+
+def test_a_profile_keeps_one_users_connections_apart() -> None:
+    cluster = monitored_cluster()
+    p = cluster.servers[0]
+    plain, found_rows = cluster.pool("u", p), cluster.pool("u", p, "found_rows")
+    assert plain is not found_rows
+    assert cluster.pool("u", p, "found_rows") is found_rows
+    assert found_rows.key == "c/u+found_rows@p"
+    assert len(cluster.pools()) == 2

@@ -85,7 +85,9 @@ def test_build_cluster_from_config() -> None:
     cfg = config()
     probed_as: list[tuple[str, str]] = []
 
-    async def connect(cluster: ClusterConfig, server: Server, user: UserConfig) -> Conn:
+    async def connect(
+        cluster: ClusterConfig, server: Server, user: UserConfig, _profile: str
+    ) -> Conn:
         return Conn(server, f"{user.name}@{cluster.server_database}")
 
     def make_prober(cluster: ClusterConfig, user: UserConfig) -> Prober:

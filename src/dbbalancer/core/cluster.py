@@ -91,7 +91,7 @@ class Cluster(Generic[C]):
         name: str,
         servers: list[Server],
         *,
-        connect: Callable[[Server, str], Awaitable[C]],
+        connect: Callable[[Server, str, str], Awaitable[C]],
         limits: Callable[[str], PoolLimits],
         policy: ReplicaPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -112,7 +112,9 @@ class Cluster(Generic[C]):
         self._connect = connect
         self._limits = limits
         self._clock = clock
-        self._pools: dict[tuple[str, str], Pool[C]] = {}
+        # (user, profile, server name): a protocol may keep connections of one user apart by
+        # a profile ("" by default), when what a client negotiated changes what servers answer.
+        self._pools: dict[tuple[str, str, str], Pool[C]] = {}
 
     def primary(self) -> Server | None:
         """The server that takes writes now: elected by the monitor, else the configured one."""
@@ -216,6 +218,7 @@ class Cluster(Generic[C]):
         *,
         min_position: Position | None = None,
         exclude: frozenset[str] = frozenset(),
+        profile: str = "",
     ) -> tuple[Choice, Pool[C], C] | list[Server]:
         """The fast path of `checkout`: an idle connection of the first choice, without waiting.
 
@@ -227,14 +230,14 @@ class Cluster(Generic[C]):
             if exclude:
                 replicas = [s for s in replicas if s.name not in exclude]
             if replicas:
-                pool = self.pool(user, replicas[0])
+                pool = self.pool(user, replicas[0], profile)
                 conn = pool.try_acquire()
                 if conn is not None:
                     return Choice(replicas[0]), pool, conn
             return replicas
         primary = self.primary()
         if primary is not None:
-            pool = self.pool(user, primary)
+            pool = self.pool(user, primary, profile)
             conn = pool.try_acquire()
             if conn is not None:
                 return Choice(primary), pool, conn
@@ -249,6 +252,7 @@ class Cluster(Generic[C]):
         min_position: Position | None = None,
         exclude: frozenset[str] = frozenset(),
         order: list[Server] | None = None,
+        profile: str = "",
     ) -> tuple[Choice, Pool[C], C]:
         """A server connection for a unit of work sent to `target`.
 
@@ -264,7 +268,7 @@ class Cluster(Generic[C]):
             for server in replicas:
                 if server.name in exclude:
                     continue
-                pool = self.pool(user, server)
+                pool = self.pool(user, server, profile)
                 try:
                     return Choice(server), pool, await pool.acquire(wait_limit)
                 except ServerConnectError as exc:
@@ -278,15 +282,17 @@ class Cluster(Generic[C]):
             reason = RouteReason.NO_REPLICA
             if min_position is not None and self.eligible_replicas():
                 reason = RouteReason.OWN_WRITES
-            choice, pool, conn = await self._checkout_primary(user, wait_limit)
+            choice, pool, conn = await self._checkout_primary(user, wait_limit, profile)
             return Choice(choice.server, reason), pool, conn
-        return await self._checkout_primary(user, wait_limit)
+        return await self._checkout_primary(user, wait_limit, profile)
 
-    async def _checkout_primary(self, user: str, wait_limit: float) -> tuple[Choice, Pool[C], C]:
+    async def _checkout_primary(
+        self, user: str, wait_limit: float, profile: str
+    ) -> tuple[Choice, Pool[C], C]:
         deadline = self._clock() + self.policy.primary_wait
         while True:
             server = await self.wait_primary()
-            pool = self.pool(user, server)
+            pool = self.pool(user, server, profile)
             try:
                 return Choice(server), pool, await pool.acquire(wait_limit)
             except ServerConnectError as exc:
@@ -304,25 +310,25 @@ class Cluster(Generic[C]):
     def report_failure(self, server: Server) -> None:
         """A connection to `server` failed: probe it now and close its idle connections."""
         self.poke(server)
-        for (_, name), pool in self._pools.items():
+        for (_, _, name), pool in self._pools.items():
             if name == server.name:
                 pool.drop_idle(DropReason.SERVER_DOWN)
 
     def active_connections(self, server: Server) -> int:
         """Server connections to `server` checked out now, over all users."""
-        return sum(pool.active for (_, name), pool in self._pools.items() if name == server.name)
+        return sum(pool.active for (_, _, name), pool in self._pools.items() if name == server.name)
 
-    def pool(self, user: str, server: Server) -> Pool[C]:
-        """The pool for (user, server), created on first use."""
-        key = (user, server.name)
+    def pool(self, user: str, server: Server, profile: str = "") -> Pool[C]:
+        """The pool for (user, profile, server), created on first use."""
+        key = (user, profile, server.name)
         pool = self._pools.get(key)
         if pool is None:
 
             async def factory() -> C:
-                return await self._connect(server, user)
+                return await self._connect(server, user, profile)
 
             pool = Pool(
-                f"{self.name}/{user}@{server.name}",
+                f"{self.name}/{user}{'+' + profile if profile else ''}@{server.name}",
                 factory,
                 self._limits(user),
                 clock=self._clock,

@@ -28,6 +28,7 @@ from dbbalancer.core.statement import Classification
 from dbbalancer.core.unitofwork import UnitEvent, UnitState
 from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
 from dbbalancer.mysql.codec import CommandByte, ComSetOption
+from dbbalancer.mysql.login import pool_profile
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class UnitCheckout:
         self.ro_tx_to_replica = config.read_only_transactions is ReadOnlyTransactions.REPLICA
         user = engine.session.user
         self.default_primary = user is not None and user.default_route is Route.PRIMARY
+        done = engine.session.logged_in
+        self.profile = pool_profile(done.capabilities) if done is not None else ""
         self.offer: _Offer | None = None  # checked out, not attached yet
         self.failure: tuple[ErrorCode, str] | None = None
         self.force_primary = False  # a replica refused the unit's read: run it on the primary
@@ -97,7 +100,9 @@ class UnitCheckout:
         if not engine.state.dirty and not self.exclude and engine.last_insert_id is None:
             user = engine.session.user
             assert user is not None
-            found = runtime.try_checkout(user.name, target, min_position=engine.min_position)
+            found = runtime.try_checkout(
+                user.name, target, min_position=engine.min_position, profile=self.profile
+            )
             if not isinstance(found, list):
                 choice, pool, conn = found
                 self._offered(pool, conn, runtime.primary() != choice.server)
@@ -143,6 +148,7 @@ class UnitCheckout:
                 wait_limit=engine.cluster.config.query_wait_timeout,
                 min_position=engine.min_position if target is Target.REPLICA else None,
                 exclude=self.exclude,
+                profile=self.profile,
             )
         except PoolTimeout as timeout:
             self.failure = (ErrorCode.POOL_TIMEOUT, str(timeout))

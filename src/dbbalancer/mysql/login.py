@@ -61,22 +61,30 @@ from dbbalancer.mysql.errors import error_of
 
 __all__ = [
     "OFFERED_CAPABILITIES",
+    "PROFILE_CAPABILITIES",
     "ClientLogin",
     "LoggedIn",
     "LoginState",
     "Reply",
     "RsaKeys",
+    "pool_profile",
+    "profile_capabilities",
 ]
 
 log = logging.getLogger(__name__)
 
 # What the proxy offers clients. Not offered, because pooled server connections share one
 # capability set and these change what a packet means or looks like: DEPRECATE_EOF and
-# SESSION_TRACK (result-set end and OK layout), FOUND_ROWS and IGNORE_SPACE (affected-row counts,
-# parsing), INTERACTIVE (the server's idle timeout), compression and TLS (not implemented).
-# LOCAL_FILES is added when a cluster allows LOAD DATA LOCAL INFILE.
+# SESSION_TRACK (result-set end and OK layout), INTERACTIVE (the server's idle timeout),
+# IGNORE_SPACE (it adds IGNORE_SPACE to the session's sql_mode, which COM_RESET_CONNECTION
+# drops: a client wanting it sets the sql_mode), compression and TLS (not implemented).
+# FOUND_ROWS changes what the server answers (an UPDATE's affected rows are the rows matched,
+# not changed) and survives a reset: a client that asks for it gets server connections of its
+# own pool profile (PROFILE_CAPABILITIES). LOCAL_FILES is added when a cluster allows LOAD DATA
+# LOCAL INFILE.
 OFFERED_CAPABILITIES: Final = (
     Capability.LONG_PASSWORD
+    | Capability.FOUND_ROWS
     | Capability.LONG_FLAG
     | Capability.CONNECT_WITH_DB
     | Capability.PROTOCOL_41
@@ -90,6 +98,24 @@ OFFERED_CAPABILITIES: Final = (
     | Capability.CONNECT_ATTRS
     | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA
 )
+
+# Client flags that pooled server connections must share with the client: each combination is
+# a pool profile of its own (core Cluster pools are per user, profile and server).
+PROFILE_CAPABILITIES: Final = {"found_rows": Capability.FOUND_ROWS}
+
+
+def pool_profile(capabilities: int) -> str:
+    """The pool profile of a client that negotiated `capabilities` ("" for none of them)."""
+    return ",".join(name for name, flag in PROFILE_CAPABILITIES.items() if capabilities & flag)
+
+
+def profile_capabilities(profile: str) -> Capability:
+    """The client flags of pool profile `profile` (what its server connections ask for)."""
+    flags = Capability(0)
+    for name in filter(None, profile.split(",")):
+        flags |= PROFILE_CAPABILITIES[name]
+    return flags
+
 
 # caching_sha2_password's one-byte client message asking for the server's RSA public key.
 _REQUEST_PUBLIC_KEY: Final = b"\x02"

@@ -10,7 +10,9 @@ balancers can run in one process.
 Pooled server connections share one capability set (SERVER_CAPABILITIES): the ones the proxy
 offers clients (login.OFFERED_CAPABILITIES), so that every response a server sends is one the
 client can read as it is, plus LOCAL_FILES, so that the proxy, not the server, decides about
-LOAD DATA LOCAL INFILE. A client that did not ask for multi-statements gets them switched off
+LOAD DATA LOCAL INFILE. FOUND_ROWS changes what the server answers, not how: connections with
+it are pooled apart (a pool profile, login.pool_profile), and a client gets
+those of its own profile. A client that did not ask for multi-statements gets them switched off
 on its connection (COM_SET_OPTION) and back on before the connection is pooled again.
 """
 
@@ -43,14 +45,21 @@ from dbbalancer.mysql.backend import ServerConnection, connect_server
 from dbbalancer.mysql.classify import Classifier
 from dbbalancer.mysql.codec import Capability
 from dbbalancer.mysql.frontend import ClientSession, Refused
-from dbbalancer.mysql.login import OFFERED_CAPABILITIES, ClientLogin, RsaKeys
+from dbbalancer.mysql.login import (
+    OFFERED_CAPABILITIES,
+    ClientLogin,
+    RsaKeys,
+    profile_capabilities,
+)
 from dbbalancer.mysql.probe import MyProber
 
 __all__ = ["SERVER_CAPABILITIES", "MySqlCluster", "MySqlService"]
 
 log = logging.getLogger(__name__)
 
-SERVER_CAPABILITIES: Final = OFFERED_CAPABILITIES | Capability.LOCAL_FILES
+SERVER_CAPABILITIES: Final = (
+    OFFERED_CAPABILITIES & ~Capability.FOUND_ROWS
+) | Capability.LOCAL_FILES
 # Greeted with until a server connection tells the real version.
 DEFAULT_SERVER_VERSION: Final = "5.5.5-10.11.0-MariaDB"
 VERSION_SUFFIX: Final = "-dbbalancer"
@@ -115,9 +124,10 @@ class MySqlService:
     # -- server connections ---------------------------------------------------------------------
 
     async def _connect(
-        self, cluster: ClusterConfig, server: Server, user: UserConfig
+        self, cluster: ClusterConfig, server: Server, user: UserConfig, profile: str
     ) -> ServerConnection:
-        """Open and log in one pooled server connection (compose.Connect)."""
+        """Open and log in one pooled server connection (compose.Connect) with the client
+        flags of its pool `profile` (login.pool_profile)."""
         return await connect_server(
             server,
             user=user.name,
@@ -125,7 +135,7 @@ class MySqlService:
             database=cluster.server_database,
             connect_timeout=self.settings.server_connect_timeout,
             max_payload=self.settings.max_message_size,
-            capabilities=SERVER_CAPABILITIES,
+            capabilities=SERVER_CAPABILITIES | profile_capabilities(profile),
             charset=SERVER_CHARSET,
         )
 

@@ -38,7 +38,7 @@ from dbbalancer.mysql.codec import (
     encode_packets,
 )
 from dbbalancer.mysql.errors import error_of
-from dbbalancer.mysql.login import ClientLogin, LoggedIn, Reply
+from dbbalancer.mysql.login import ClientLogin, LoggedIn, Reply, pool_profile
 
 if TYPE_CHECKING:
     from dbbalancer.mysql.service import MySqlCluster, MySqlService
@@ -150,7 +150,7 @@ class Checkout:
 async def checkout(service: MySqlService, cluster: MySqlCluster, done: LoggedIn) -> Checkout:
     """Take a primary connection for a logged-in client and give it the client's character
     set and statement mode; a connection that could not be prepared is dropped."""
-    server, pool = await _acquire(service, cluster, done.user)
+    server, pool = await _acquire(service, cluster, done.user, pool_profile(done.capabilities))
     try:
         options_dirty = await _prepare(service, server, done)
     except BaseException:
@@ -160,11 +160,14 @@ async def checkout(service: MySqlService, cluster: MySqlCluster, done: LoggedIn)
 
 
 async def _acquire(
-    service: MySqlService, cluster: MySqlCluster, user: UserConfig
+    service: MySqlService, cluster: MySqlCluster, user: UserConfig, profile: str
 ) -> tuple[ServerConnection, Pool[ServerConnection]]:
     try:
         _, pool, server = await cluster.runtime.checkout(
-            user.name, Target.PRIMARY, wait_limit=cluster.config.query_wait_timeout
+            user.name,
+            Target.PRIMARY,
+            wait_limit=cluster.config.query_wait_timeout,
+            profile=profile,
         )
     except PoolTimeout as timeout:
         raise Refused(ErrorCode.POOL_TIMEOUT, str(timeout)) from None

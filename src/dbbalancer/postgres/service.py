@@ -93,9 +93,10 @@ class PostgresService:
         self.welcome: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
 
     async def _connect(
-        self, cluster: ClusterConfig, server: Server, user: UserConfig
+        self, cluster: ClusterConfig, server: Server, user: UserConfig, _profile: str
     ) -> ServerConnection:
-        """Open and log in one server connection (compose.Connect)."""
+        """Open and log in one server connection (compose.Connect; PostgreSQL clients all share
+        one profile)."""
         conn = await connect_server(
             server,
             user=user.name,

@@ -390,3 +390,65 @@ def test_found_rows_clients_get_the_rows_matched_as_a_direct_connection_gives(
                     client_flag=flag,
                 )
                 assert got == want[flag], flag
+
+
+def test_change_user_under_transaction_pooling_resets_the_session_as_the_server_would(
+    mariadb_cluster: MariaDbCluster,
+) -> None:
+    """COM_CHANGE_USER (mysql-connector's cmd_change_user) in the middle of a transaction, with
+    a temporary table and a user variable: the new user's session starts clean, the
+    transaction is rolled back, and the connection it held serves others (pool_size = 1)."""
+    mariadb_cluster.sql(
+        mariadb_cluster.primary,
+        "SET SESSION sql_log_bin = 0; "
+        "CREATE USER IF NOT EXISTS 'chg'@'127.0.0.1' IDENTIFIED BY 'chg'; "
+        f"GRANT ALL PRIVILEGES ON `{mariadb_cluster.database}`.* TO 'chg'@'127.0.0.1'; "
+        "CREATE TABLE IF NOT EXISTS app.chg_t (v INT)",
+    )
+    config = pooling_config(mariadb_cluster).replace(
+        "[[clusters]]",
+        '[[users]]\nname = "chg"\npassword = "chg"\nauth = "mysql_native_password"\n\n[[clusters]]',
+    )
+    with BalancerThread(parse_config(config)) as thread:
+        conn = mysql.connector.connect(
+            host="127.0.0.1",
+            port=port_of(thread),
+            user="app",
+            password="app",
+            database="app",
+            use_pure=True,
+            ssl_disabled=True,
+        )
+        try:
+            cur = conn.cursor()
+            for sql in (
+                "SET @mine = 1",
+                "CREATE TEMPORARY TABLE chg_tmp (v INT)",
+                "START TRANSACTION",
+                "INSERT INTO chg_t VALUES (1)",
+            ):
+                cur.execute(sql)
+            conn.cmd_change_user(username="chg", password="chg", database="app")
+            cur = conn.cursor()
+            cur.execute("SELECT CURRENT_USER(), @mine, COUNT(*), @@autocommit FROM chg_t")
+            user, mine, rows, autocommit = cur.fetchall()[0]
+            assert str(user).startswith("chg@")
+            # mysql-connector (autocommit=False) turns autocommit off again after the change,
+            # as it does against the server directly; the SELECT opened a new transaction.
+            assert (mine, rows, autocommit) == (None, 0, 0)
+            with pytest.raises(mysql.connector.Error) as missing:
+                cur.execute("SELECT * FROM chg_tmp")
+            assert missing.value.errno == 1146
+            conn.rollback()
+            # The one pooled connection is free: another client gets it.
+            with connect(thread) as other:
+                assert one(other, "SELECT COUNT(*) FROM chg_t") == 0
+            conn.cmd_change_user(username="app", password="app", database="app")
+            cur = conn.cursor()
+            cur.execute("SELECT CURRENT_USER()")
+            assert str(cur.fetchall()[0][0]).startswith("app@")
+            with pytest.raises(mysql.connector.Error) as refused:
+                conn.cmd_change_user(username="app", password="wrong", database="app")
+            assert refused.value.errno == 1045
+        finally:
+            conn.close()

@@ -214,18 +214,15 @@ class ClientSession(ConnectionPhase):
                 ErrorCode.REPLICATION_REFUSED, "dbbalancer does not relay replication commands"
             )
             return
-        if engine is not None:
-            if code == CommandByte.CHANGE_USER:
-                self._send_error(
-                    ErrorCode.SESSION_STATE_REFUSED,
-                    "COM_CHANGE_USER is not available under transaction pooling (issue #12); "
-                    "reconnect as the other user",
-                )
-                return
-            engine.command(packet)
-            return
         if code == CommandByte.CHANGE_USER:
+            # The server would reset the session (roll back, drop temporary tables, release
+            # locks and prepared statements): so does giving the held connection back.
+            self._release_server()
+            self.engine = None
             self._start_change_user(payload)
+            return
+        if engine is not None:
+            engine.command(packet)
             return
         if code == CommandByte.INIT_DB or (
             (code == CommandByte.QUERY or code == CommandByte.STMT_PREPARE)

@@ -408,7 +408,8 @@ class ConnectionPhase(asyncio.Protocol):
 
     async def _switch_user(self, reply: Reply) -> None:
         """After a successful COM_CHANGE_USER: give the old connection back, take the new
-        user's, then send the OK."""
+        user's (none under transaction pooling: a fresh session's units of work), then send
+        the OK."""
         done = reply.accepted
         assert done is not None
         old_user = self.user
@@ -420,8 +421,16 @@ class ConnectionPhase(asyncio.Protocol):
             self.logged_in = done
             cluster = self.service.cluster_for(done.user, done.database)
             self.user, self.cluster = done.user, cluster
+            mode = check_pool_mode(cluster, done.user)
             self.service.admit(done.user)
             self._counted = True
+            if mode is PoolMode.TRANSACTION:
+                self._start_transaction_pooling(cluster, done)
+                self._changing_user = False
+                self._send(reply.packets)
+                self._resume_client()
+                self._next_queued()
+                return
             taken = await checkout(self.service, cluster, done)
             server, pool = taken.server, taken.pool
             self._options_dirty = self._options_dirty or taken.options_dirty

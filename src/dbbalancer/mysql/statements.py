@@ -330,9 +330,9 @@ class ConnectionStatements:
         if not self._registry.referenced(ref):
             self.remove(key)  # its client statement is gone already
             return
-        self._evict()
+        self._evict(key)
 
-    def _evict(self) -> None:
+    def _evict(self, added: Key) -> None:
         if self.capacity <= 0:
             return
         excess = len(self._entries) - self.capacity
@@ -340,7 +340,7 @@ class ConnectionStatements:
             return
         victims: list[Key] = []
         for key, entry in self._entries.items():
-            if entry.owner == 0:
+            if entry.owner == 0 and key != added:  # the statement added is about to run
                 victims.append(key)
                 if len(victims) == excess:
                     break

@@ -240,9 +240,7 @@ class UnitCheckout:
         if primary:
             c = engine.classify(packet) if packet is not None else None
             if packet is not None and c is not None:
-                engine.session.service.classifier.remember_write(
-                    bytes(packet.payload[1:]).decode("utf-8", "replace")
-                )
+                engine.session.service.classifier.remember_write(engine.statement_text(packet))
             log.info("%r: a replica refused a read as a write; running it on the primary", engine)
             self.force_primary = True
             self.release()

@@ -52,8 +52,10 @@ from dbbalancer.mysql.codec import (
 )
 from dbbalancer.mysql.errors import class_of
 from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
+from dbbalancer.mysql.remap import StatementRemapper
 from dbbalancer.mysql.sessionstate import MySessionState, literal_of
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF
+from dbbalancer.mysql.statements import STATEMENT_COMMANDS
 
 if TYPE_CHECKING:
     from dbbalancer.mysql.frontend import ClientSession
@@ -82,6 +84,8 @@ _STATELESS: Final = frozenset(
     }
 )
 _BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
+# Commands a statement mapping sends itself (mysql/remap.py).
+_MAPPED: Final = frozenset({CommandByte.STMT_PREPARE, *STATEMENT_COMMANDS})
 
 
 def changes_session(c: Classification) -> bool:
@@ -129,6 +133,12 @@ class TxEngine:
         self.last_insert_id: int | None = None
         # Routing, checkout, re-runs and giving back (mysql/checkout.py).
         self.checkout = UnitCheckout(self)
+        # Binary-protocol statement ids mapped to each connection's (mysql/remap.py), unless
+        # max_prepared_statements = 0: then a prepared statement pins its connection.
+        capacity = cluster.config.max_prepared_statements
+        self.statements = StatementRemapper(self, capacity) if capacity > 0 else None
+        state.statements_pin = self.statements is None
+        self.preparing = False  # a hidden COM_STMT_PREPARE runs before the command sent
 
     # -- the table ------------------------------------------------------------------------
 
@@ -189,13 +199,15 @@ class TxEngine:
     @property
     def busy(self) -> bool:
         """True while the client's next command must wait in the session's queue."""
-        if self.unit in _BUSY_STATES or self.backlog:
+        if self.unit in _BUSY_STATES or self.backlog or self.preparing:
             return True
         conn = self.conn
         return conn is not None and conn.in_flight
 
     def command(self, packet: Packet) -> None:
         """A client command (not COM_QUIT / COM_CHANGE_USER): the table's QUERY."""
+        if self.statements is not None:
+            packet = self.statements.command(packet)
         self.packet = packet
         self.fire(_E.QUERY)
 
@@ -205,6 +217,8 @@ class TxEngine:
 
     def close(self) -> None:
         """The client is gone."""
+        if self.statements is not None:
+            self.statements.client_gone()
         self.fire(_E.CLOSE)
 
     def _wait(self, *, answer: bool) -> None:
@@ -216,7 +230,11 @@ class TxEngine:
             if code == CommandByte.PING:
                 self.session.answer_locally(packet, OkPacket(status_flags=self._status()))
                 return
-            if code in _NO_RESPONSE:
+            statements = self.statements
+            if statements is not None:
+                if statements.answer_unattached(packet):
+                    return
+            elif code in _NO_RESPONSE:
                 self.session.answer_locally(packet, None)
                 return
         self.backlog.append(packet)
@@ -225,23 +243,32 @@ class TxEngine:
         return ServerStatus.AUTOCOMMIT
 
     def classify(self, packet: Packet) -> Classification | None:
-        """The classification of a COM_QUERY, or of a COM_STMT_PREPARE's text marked for the
-        primary (a binary-protocol statement pins its connection, which must take writes);
-        None for the other commands."""
+        """The classification of a COM_QUERY or COM_STMT_PREPARE's text, or of the statement a
+        COM_STMT_EXECUTE / COM_STMT_SEND_LONG_DATA runs; None for the other commands. Without
+        statement mapping a prepared text is marked for the primary (the statement pins its
+        connection, which must take writes)."""
         code = packet.payload[0]
         if code != CommandByte.QUERY and code != CommandByte.STMT_PREPARE:
-            return None
+            return None if self.statements is None else self.statements.classify(packet)
         c = self.session.service.classifier.classify(
             bytes(packet.payload[1:]).decode("utf-8", "replace")
         )
-        if code == CommandByte.STMT_PREPARE:
+        if code == CommandByte.STMT_PREPARE and self.statements is None:
             return dataclasses.replace(c, hint=RouteHint.PRIMARY)
         return c
+
+    def statement_text(self, packet: Packet) -> str:
+        """The SQL text a command runs (a COM_STMT_EXECUTE: its statement's)."""
+        if self.statements is not None:
+            text = self.statements.statement_text(packet)
+            if text is not None:
+                return text
+        return bytes(packet.payload[1:]).decode("utf-8", "replace")
 
     def _send_backlog(self) -> None:
         while self.backlog and self.unit in SENDS_FRAMES:
             conn = self.conn
-            if conn is not None and conn.in_flight:
+            if self.preparing or (conn is not None and conn.in_flight):
                 return
             self.packet = self.backlog.popleft()
             self.fire(_E.QUERY)
@@ -255,9 +282,23 @@ class TxEngine:
         if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
             self.fire(_E.LOST)
             return
+        statements = self.statements
+        if statements is not None and packet.payload[0] in _MAPPED:
+            statements.send(conn, packet)
+            return
+        self.forward(conn, packet)
+
+    def forward(self, conn: ServerConnection, packet: Packet) -> None:
+        """Send `packet` to the unit's connection."""
         self.session.send_to_server(packet)
         if not conn.in_flight:  # COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA
             self.response_done(conn)
+
+    def answered(self, conn: ServerConnection) -> None:
+        """The proxy answered the command itself (a binary-protocol statement's): the unit
+        goes on as after a response."""
+        self.sent = self.sent_class = None
+        self.fire(self._work_done(conn))
 
     # -- responses ------------------------------------------------------------------------
 
@@ -303,6 +344,8 @@ class TxEngine:
         ok = tracker is None or tracker.error is None
         code = packet.payload[0]
         state = self.state
+        if self.statements is not None:
+            self.statements.learn(conn, packet, tracker)
         if code == CommandByte.QUERY and c is not None:
             state.apply(c, bytes(packet.payload[1:]).decode("utf-8", "replace"), ok=ok)
             self.touched = self.touched or changes_session(c)
@@ -323,7 +366,10 @@ class TxEngine:
             prepared = tracker.prepare_ok
             if prepared is not None:
                 text = bytes(packet.payload[1:]).decode("utf-8", "replace")
-                state.prepared(prepared.statement_id, c, text)
+                number = prepared.statement_id
+                if self.statements is not None:
+                    number = self.statements.prepared(conn, prepared)
+                state.prepared(number, c, text)
         elif code == CommandByte.STMT_CLOSE and len(packet.payload) >= 5:
             state.closed(int.from_bytes(packet.payload[1:5], "little"))
         elif code == CommandByte.RESET_CONNECTION:

@@ -272,10 +272,13 @@ class ClientSession(ConnectionPhase):
         self._client_seq = (packet.last_sequence_id + 1) & 0xFF
         server.send_command(packet.payload)
 
-    def answer_locally(self, packet: Packet, ok: OkPacket | None) -> None:
-        """Answer a command without a server (COM_PING: OK; a COM_STMT_CLOSE: nothing)."""
+    def answer_locally(self, packet: Packet, ok: OkPacket | ErrPacket | None) -> None:
+        """Answer a command without a server (COM_PING: OK; a COM_STMT_CLOSE: nothing; a
+        statement id the client does not hold: ERR)."""
         self._client_seq = (packet.last_sequence_id + 1) & 0xFF
-        if ok is not None:
+        if isinstance(ok, ErrPacket):
+            self._send((ok.encode(),))
+        elif ok is not None:
             done = self.logged_in
             caps = done.capabilities if done is not None else 0
             self._send((ok.encode(caps),))
@@ -303,6 +306,8 @@ class ClientSession(ConnectionPhase):
         engine = self.engine
         if engine is not None and engine.holding() and not engine.first_packets(conn):
             return  # a read-only refusal of a replica read: re-run on the primary
+        if engine is not None and engine.statements is not None and engine.statements.reply_id:
+            packets = engine.statements.renumbered(packets)  # COM_STMT_PREPARE_OK: client's id
         if self._swallow is None:
             if phase is Phase.CLIENT_TURN and packets[-1].payload[:1] == bytes(
                 (_LOCAL_INFILE_REQUEST,)

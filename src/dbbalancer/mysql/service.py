@@ -52,6 +52,7 @@ from dbbalancer.mysql.login import (
     profile_capabilities,
 )
 from dbbalancer.mysql.probe import MyProber
+from dbbalancer.mysql.statements import StatementRegistry
 
 __all__ = ["SERVER_CAPABILITIES", "MySqlCluster", "MySqlService"]
 
@@ -120,6 +121,8 @@ class MySqlService:
         self.server: asyncio.Server | None = None
         self.sessions: set[ClientSession] = set()
         self.classifier = Classifier()
+        # Binary-protocol statements of every connection (mysql/statements.py).
+        self.statements = StatementRegistry()
 
     # -- server connections ---------------------------------------------------------------------
 
@@ -163,6 +166,7 @@ class MySqlService:
         """Undo what the last client changed that a reset keeps (multi-statements option,
         current database), then reset the connection and pool it (compose.reset_and_release);
         drop it if any step fails."""
+        self.statements.forget_connection(conn)  # a reset drops the server's statements
         try:
             async with asyncio.timeout(RESET_TIMEOUT):
                 for command in restore:

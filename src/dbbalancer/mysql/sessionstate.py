@@ -11,8 +11,10 @@ A `MySessionState` is told every command's classification and whether the server
   computed (SELECT @x := ..., SET @x = expr, SELECT ... INTO @x), read with `SELECT @x, ...`
   and remembered as literals (`learn_read_back`);
 * what keeps the client on its connection (`pin_reasons`): temporary tables, GET_LOCK, LOCK
-  TABLES, SQL PREPARE, binary-protocol prepared statements, an open XA branch, HANDLER, settings
-  it cannot replay, autocommit off. Each pin is released when the state that caused it is gone.
+  TABLES, SQL PREPARE, binary-protocol prepared statements (all of them without statement
+  mapping; with it, those whose server statement holds a cursor or parameter data), an open XA
+  branch, HANDLER, settings it cannot replay, autocommit off. Each pin is released when the
+  state that caused it is gone.
 
 Nothing here touches a socket; the engine (`mysql/engine.py`) sends the text.
 """
@@ -109,6 +111,10 @@ class MySessionState:
         self.pins: Counter[tuple[PinReason, str]] = Counter()
         # Binary-protocol statements: id -> (classification, text), applied at each execute.
         self.statements: dict[int, tuple[Classification, str] | None] = {}
+        # Every open statement pins (no statement mapping: max_prepared_statements = 0).
+        self.statements_pin = True
+        # Mapped statements whose server statement holds state of its own: (id, reason).
+        self.statement_pins: set[tuple[int, str]] = set()
         self.autocommit_off = False
         self.multi_statements_off = False
         self.last_insert_id = 0
@@ -240,6 +246,7 @@ class MySessionState:
         self.unknown_variables.clear()
         self.pins.clear()
         self.statements.clear()
+        self.statement_pins.clear()
         self.autocommit_off = False
         self.last_insert_id = 0
 
@@ -247,8 +254,10 @@ class MySessionState:
 
     def pin_reasons(self) -> list[str]:
         """Why the client must keep its connection now (empty: it may go back)."""
-        reasons = sorted({reason.value for reason, _ in self.pins})
-        if self.statements:
+        reasons = sorted(
+            {reason.value for reason, _ in self.pins} | {why for _, why in self.statement_pins}
+        )
+        if self.statements and self.statements_pin:
             reasons.append("prepared_statement")
         if self.autocommit_off:
             reasons.append("autocommit_off")
@@ -257,7 +266,12 @@ class MySessionState:
     @property
     def pinned(self) -> bool:
         """True while session state keeps the client on its connection."""
-        return bool(self.pins or self.statements or self.autocommit_off)
+        return bool(
+            self.pins
+            or self.statement_pins
+            or (self.statements and self.statements_pin)
+            or self.autocommit_off
+        )
 
     @property
     def dirty(self) -> bool:

@@ -45,6 +45,7 @@ __all__ = [
     "command_use",
     "holds",
     "restore_sql",
+    "statement_use",
 ]
 
 Holder = tuple[object | None, int] | None

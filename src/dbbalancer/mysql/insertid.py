@@ -72,36 +72,43 @@ _WITH_ARGUMENT: Final = re.compile(r"last_insert_id\s*\(\s*[^\s)]", re.IGNORECAS
 _ID_VARIABLE: Final = re.compile(
     r"@@(?:session\s*\.\s*)?(?:identity|last_insert_id)\b", re.IGNORECASE
 )
+# Looked up once: `statement_use` runs for every statement sent.
+_NONE: Final = IdUse.NONE
+_MAY_SET: Final = IdUse.MAY_SET
+_READS: Final = IdUse.READS
+_SETS_UNSEEN: Final = IdUse.SETS_UNSEEN
 # Statements that run others the classifier does not see: a procedure, an SQL prepared one.
-_RUNS_OTHERS: Final = frozenset({Reason.CALL_OR_DO, Reason.SQL_EXECUTE})
+_CALL: Final = Reason.CALL_OR_DO
+_EXECUTE: Final = Reason.SQL_EXECUTE
+_LAST_RESULT: Final = Reason.LAST_RESULT
 
 Statements = Mapping[int, tuple[Classification, str] | None]
 
 
 def statement_use(c: Classification | None, sql: bytes | str) -> IdUse:
     """What a statement (classified `c`; None: not known) does with the id. `sql` is its
-    text, read only when `c` says it names the id."""
+    text, read only when `c` says it asks about the last statement."""
     if c is None:
-        return IdUse.READS
+        return _READS
     if c.parts:
         # Only the last statement's OK packet reaches the proxy's parser: an id set before it
         # goes unseen.
         uses = {statement_use(part, sql) for part in c.parts}
-        if IdUse.MAY_SET in uses or IdUse.SETS_UNSEEN in uses:
-            return IdUse.SETS_UNSEEN
-        return IdUse.READS if IdUse.READS in uses else IdUse.NONE
-    names_id = "last_insert_id" in c.functions
-    if names_id or c.uses_last_result:
+        if _MAY_SET in uses or _SETS_UNSEEN in uses:
+            return _SETS_UNSEEN
+        return _READS if _READS in uses else _NONE
+    reason = c.reason
+    if c.uses_last_result:  # LAST_INSERT_ID() always sets it
         text = sql.decode("utf-8", "replace") if isinstance(sql, bytes) else sql
-        if names_id:
-            return IdUse.SETS_UNSEEN if _WITH_ARGUMENT.search(text) else IdUse.READS
+        if "last_insert_id" in c.functions:
+            return _SETS_UNSEEN if _WITH_ARGUMENT.search(text) else _READS
         if _ID_VARIABLE.search(text):
-            return IdUse.READS
-    if c.reason is Reason.LAST_RESULT:
-        return IdUse.NONE  # ROW_COUNT(), SHOW WARNINGS: not a read-only one on their own only
-    if c.reason in _RUNS_OTHERS:
-        return IdUse.READS
-    return IdUse.NONE if c.read_only else IdUse.MAY_SET
+            return _READS
+        if reason is _LAST_RESULT:
+            return _NONE  # ROW_COUNT(), SHOW WARNINGS: not read-only only for where they run
+    if reason is _CALL or reason is _EXECUTE:
+        return _READS
+    return _NONE if c.read_only else _MAY_SET
 
 
 def command_use(payload: bytes, c: Classification | None, statements: Statements) -> IdUse:

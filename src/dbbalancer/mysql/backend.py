@@ -184,6 +184,9 @@ class ServerConnection(asyncio.Protocol):
         self.server_version = ""
         self.connection_id = 0
         self.status = 0
+        # Whose LAST_INSERT_ID() the session holds, as far as the proxy knows: a holder of
+        # mysql/insertid.py, (None, 0) when new or reset (the engine keeps it up to date).
+        self.insert_id: tuple[object | None, int] | None = (None, 0)
         self.tracker: ResponseTracker | None = None
         self.unsolicited: list[Packet] = []
         self.created_at = time.monotonic()
@@ -493,6 +496,7 @@ class ServerConnection(asyncio.Protocol):
         This is the reset `compose.reset_and_release` calls between clients."""
         await self.roundtrip(ComResetConnection().encode())
         self.unsolicited.clear()
+        self.insert_id = (None, 0)
 
 
 def _result_sets(packets: list[Packet], capabilities: int) -> list[ResultSet]:

@@ -14,7 +14,6 @@ event (`CONNECTED`, `CONNECTED_READ`, `MUST_WAIT`, `NO_SERVER`).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -87,17 +86,7 @@ class UnitCheckout:
         c = engine.classify(engine.backlog[0])
         target = self._target(c)
         runtime = engine.cluster.runtime
-        engine.last_insert_id = None
-        if (c is not None and c.uses_last_result) or any(
-            (waiting := engine.classify(packet)) is not None and waiting.uses_last_result
-            for packet in itertools.islice(engine.backlog, 1, None)
-        ):
-            # A statement waiting asks about the previous one, which ran on a connection that
-            # may have served others since: LAST_INSERT_ID() is given back its value first.
-            # Any waiting command counts, not just the first: a client's COM_STMT_CLOSE may
-            # come first, with the prepare of `SELECT LAST_INSERT_ID()` right behind it.
-            engine.last_insert_id = engine.state.last_insert_id
-        if not engine.state.dirty and not self.exclude and engine.last_insert_id is None:
+        if not engine.state.dirty and not self.exclude:
             user = engine.session.user
             assert user is not None
             found = runtime.try_checkout(
@@ -179,10 +168,6 @@ class UnitCheckout:
     async def _replay(self, conn: ServerConnection) -> None:
         engine = self.engine
         sql = engine.state.replay_sql()
-        last_insert_id = engine.last_insert_id
-        if last_insert_id is not None:
-            restore = f"DO LAST_INSERT_ID({last_insert_id})"
-            sql = restore if sql is None else f"{sql}; {restore}"
         if sql is not None:
             await conn.query(sql)
         if engine.state.multi_statements_off:

@@ -52,6 +52,7 @@ from dbbalancer.mysql.codec import (
 )
 from dbbalancer.mysql.errors import class_of
 from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
+from dbbalancer.mysql.insertid import READ_BACK_SQL, IdUse, after, command_use, holds, restore_sql
 from dbbalancer.mysql.remap import StatementRemapper
 from dbbalancer.mysql.sessionstate import MySessionState, literal_of
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF
@@ -128,9 +129,14 @@ class TxEngine:
         self.touched = False
         self.min_position: Position | None = None
         self.hidden_running = False
-        # To restore on the connection before the next command (None: nothing to restore; 0 is
-        # restored too: the connection may hold another client's id).
-        self.last_insert_id: int | None = None
+        # LAST_INSERT_ID() (mysql/insertid.py): this client's token in `conn.insert_id`; what the
+        # command sent does with the id and whether its connection held the client's; a
+        # connection whose id was set unseen (read back at the end of the unit); a
+        # `DO LAST_INSERT_ID(n)` running before the command.
+        self.id_owner = object()
+        self.id_sent: tuple[IdUse, bool] | None = None
+        self.id_unread: ServerConnection | None = None
+        self.restoring = False
         # Routing, checkout, re-runs and giving back (mysql/checkout.py).
         self.checkout = UnitCheckout(self)
         # Binary-protocol statement ids mapped to each connection's (mysql/remap.py), unless
@@ -199,7 +205,7 @@ class TxEngine:
     @property
     def busy(self) -> bool:
         """True while the client's next command must wait in the session's queue."""
-        if self.unit in _BUSY_STATES or self.backlog or self.preparing:
+        if self.unit in _BUSY_STATES or self.backlog or self.preparing or self.restoring:
             return True
         conn = self.conn
         return conn is not None and conn.in_flight
@@ -268,7 +274,7 @@ class TxEngine:
     def _send_backlog(self) -> None:
         while self.backlog and self.unit in SENDS_FRAMES:
             conn = self.conn
-            if self.preparing or (conn is not None and conn.in_flight):
+            if self.preparing or self.restoring or (conn is not None and conn.in_flight):
                 return
             self.packet = self.backlog.popleft()
             self.fire(_E.QUERY)
@@ -279,6 +285,18 @@ class TxEngine:
             return
         self.sent = packet
         self.sent_class = self.classify(packet)
+        use = command_use(packet.payload, self.sent_class, self.state.statements)
+        held = holds(conn.insert_id, self.id_owner, self.state.last_insert_id)
+        self.id_sent = (use, held or use.needs_id)
+        if use.needs_id and not held and not conn.broken:
+            # Decided here, not when the unit was routed: the command may have come to this
+            # connection in a transaction, pinned, or behind a COM_STMT_CLOSE.
+            self.restoring = True
+            self.session.service.spawn(self._restore_id(packet, conn))
+            return
+        self._write(packet, conn)
+
+    def _write(self, packet: Packet, conn: ServerConnection) -> None:
         if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
             self.fire(_E.LOST)
             return
@@ -299,6 +317,26 @@ class TxEngine:
         goes on as after a response."""
         self.sent = self.sent_class = None
         self.fire(self._work_done(conn))
+
+    async def _restore_id(self, packet: Packet, conn: ServerConnection) -> None:
+        """Give the connection the client's last insert id, then send the command that uses
+        it (a connection that fails here is lost, as if it died before the command)."""
+        value = self.state.last_insert_id
+        log.debug("%r: %r gets the last insert id %d first", self.session, conn, value)
+        conn.detach()
+        try:
+            await conn.query(restore_sql(value))
+            conn.insert_id = (None, value)
+        except Exception as exc:
+            log.info("%r: restoring the last insert id failed (%s)", self.session, exc)
+            conn.mark_broken()
+        self.restoring = False
+        if self.unit is _S.CLOSED or self.conn is not conn:
+            return  # the client left meanwhile: the connection went back or was dropped
+        if not conn.broken:
+            conn.attach(self.session)
+        self._write(packet, conn)
+        self.session.engine_ready()
 
     # -- responses ------------------------------------------------------------------------
 
@@ -326,15 +364,40 @@ class TxEngine:
         what it did; end the unit?"""
         if conn is not self.conn:
             return
-        if last[:1] == b"\x00":
+        inserted = 0
+        tracker = conn.tracker
+        # A COM_STMT_PREPARE_OK starts with 0x00 too (and its statement id would read as an
+        # insert id): only an OK packet counts.
+        if last[:1] == b"\x00" and (tracker is None or tracker.prepare_ok is None):
             try:
                 inserted = OkPacket.decode(last, conn.capabilities).last_insert_id
             except ProtocolError:
                 inserted = 0
             if inserted:
                 self.state.last_insert_id = inserted
+        self._learn_id(conn, inserted)
         self._learn(conn)
         self.fire(self._work_done(conn))
+
+    def _learn_id(self, conn: ServerConnection, inserted: int) -> None:
+        sent, self.id_sent = self.id_sent, None
+        if sent is None:
+            return
+        use, held = sent
+        tracker = conn.tracker
+        ok = tracker is None or tracker.error is None
+        value = 0 if use is IdUse.RESETS and ok else self.state.last_insert_id
+        conn.insert_id = after(
+            conn.insert_id,
+            use,
+            owner=self.id_owner,
+            value=value,
+            inserted=inserted,
+            held=held,
+            ok=ok,
+        )
+        if use is IdUse.SETS_UNSEEN and not inserted:
+            self.id_unread = conn
 
     def _learn(self, conn: ServerConnection) -> None:
         packet, c = self.sent, self.sent_class
@@ -389,7 +452,7 @@ class TxEngine:
         if self.hidden_running:
             read_back = ask = False
         else:
-            read_back = state.read_back_sql() is not None
+            read_back = state.read_back_sql() is not None or self.id_unread is conn
             ask = self.read_your_writes and self.wrote and not in_tx
         pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT)
         if not in_tx and not read_back and not ask:
@@ -411,6 +474,12 @@ class TxEngine:
         state = self.state
         conn.detach()
         try:
+            if self.id_unread is conn:
+                self.id_unread = None
+                rows = await conn.query(READ_BACK_SQL)
+                value = int(rows[0][0] or 0) if rows else 0
+                state.last_insert_id = value
+                conn.insert_id = (self.id_owner, value)
             sql = state.read_back_sql()
             if sql is not None:
                 names = sorted(state.unknown_variables)

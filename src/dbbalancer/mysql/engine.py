@@ -52,7 +52,7 @@ from dbbalancer.mysql.codec import (
 )
 from dbbalancer.mysql.errors import class_of
 from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
-from dbbalancer.mysql.insertid import READ_BACK_SQL, IdUse, after, command_use, holds, restore_sql
+from dbbalancer.mysql.insertid import READ_BACK_SQL, ClientInsertId, restore_sql
 from dbbalancer.mysql.remap import StatementRemapper
 from dbbalancer.mysql.sessionstate import MySessionState, literal_of
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF
@@ -129,14 +129,7 @@ class TxEngine:
         self.touched = False
         self.min_position: Position | None = None
         self.hidden_running = False
-        # LAST_INSERT_ID() (mysql/insertid.py): this client's token in `conn.insert_id`; what the
-        # command sent does with the id and whether its connection held the client's; a
-        # connection whose id was set unseen (read back at the end of the unit); a
-        # `DO LAST_INSERT_ID(n)` running before the command.
-        self.id_owner = object()
-        self.id_sent: tuple[IdUse, bool] | None = None
-        self.id_unread: ServerConnection | None = None
-        self.restoring = False
+        self.ids = ClientInsertId()  # LAST_INSERT_ID() across connections (mysql/insertid.py)
         # Routing, checkout, re-runs and giving back (mysql/checkout.py).
         self.checkout = UnitCheckout(self)
         # Binary-protocol statement ids mapped to each connection's (mysql/remap.py), unless
@@ -205,7 +198,7 @@ class TxEngine:
     @property
     def busy(self) -> bool:
         """True while the client's next command must wait in the session's queue."""
-        if self.unit in _BUSY_STATES or self.backlog or self.preparing or self.restoring:
+        if self.unit in _BUSY_STATES or self.backlog or self.preparing or self.ids.restoring:
             return True
         conn = self.conn
         return conn is not None and conn.in_flight
@@ -274,7 +267,7 @@ class TxEngine:
     def _send_backlog(self) -> None:
         while self.backlog and self.unit in SENDS_FRAMES:
             conn = self.conn
-            if self.preparing or self.restoring or (conn is not None and conn.in_flight):
+            if self.preparing or self.ids.restoring or (conn is not None and conn.in_flight):
                 return
             self.packet = self.backlog.popleft()
             self.fire(_E.QUERY)
@@ -285,13 +278,14 @@ class TxEngine:
             return
         self.sent = packet
         self.sent_class = self.classify(packet)
-        use = command_use(packet.payload, self.sent_class, self.state.statements)
-        held = holds(conn.insert_id, self.id_owner, self.state.last_insert_id)
-        self.id_sent = (use, held or use.needs_id)
-        if use.needs_id and not held and not conn.broken:
+        state = self.state
+        restore = self.ids.before_send(
+            packet.payload, self.sent_class, state.statements, conn.insert_id, state.last_insert_id
+        )
+        if restore and not conn.broken:
             # Decided here, not when the unit was routed: the command may have come to this
             # connection in a transaction, pinned, or behind a COM_STMT_CLOSE.
-            self.restoring = True
+            self.ids.restoring = True
             self.session.service.spawn(self._restore_id(packet, conn))
             return
         self._write(packet, conn)
@@ -330,7 +324,7 @@ class TxEngine:
         except Exception as exc:
             log.info("%r: restoring the last insert id failed (%s)", self.session, exc)
             conn.mark_broken()
-        self.restoring = False
+        self.ids.restoring = False
         if self.unit is _S.CLOSED or self.conn is not conn:
             return  # the client left meanwhile: the connection went back or was dropped
         if not conn.broken:
@@ -375,29 +369,12 @@ class TxEngine:
                 inserted = 0
             if inserted:
                 self.state.last_insert_id = inserted
-        self._learn_id(conn, inserted)
+        ok = tracker is None or tracker.error is None
+        conn.insert_id = self.ids.answered(
+            conn, conn.insert_id, value=self.state.last_insert_id, inserted=inserted, ok=ok
+        )
         self._learn(conn)
         self.fire(self._work_done(conn))
-
-    def _learn_id(self, conn: ServerConnection, inserted: int) -> None:
-        sent, self.id_sent = self.id_sent, None
-        if sent is None:
-            return
-        use, held = sent
-        tracker = conn.tracker
-        ok = tracker is None or tracker.error is None
-        value = 0 if use is IdUse.RESETS and ok else self.state.last_insert_id
-        conn.insert_id = after(
-            conn.insert_id,
-            use,
-            owner=self.id_owner,
-            value=value,
-            inserted=inserted,
-            held=held,
-            ok=ok,
-        )
-        if use is IdUse.SETS_UNSEEN and not inserted:
-            self.id_unread = conn
 
     def _learn(self, conn: ServerConnection) -> None:
         packet, c = self.sent, self.sent_class
@@ -452,7 +429,7 @@ class TxEngine:
         if self.hidden_running:
             read_back = ask = False
         else:
-            read_back = state.read_back_sql() is not None or self.id_unread is conn
+            read_back = state.read_back_sql() is not None or self.ids.unread is conn
             ask = self.read_your_writes and self.wrote and not in_tx
         pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT)
         if not in_tx and not read_back and not ask:
@@ -474,12 +451,12 @@ class TxEngine:
         state = self.state
         conn.detach()
         try:
-            if self.id_unread is conn:
-                self.id_unread = None
+            if self.ids.unread is conn:
+                self.ids.unread = None
                 rows = await conn.query(READ_BACK_SQL)
                 value = int(rows[0][0] or 0) if rows else 0
                 state.last_insert_id = value
-                conn.insert_id = (self.id_owner, value)
+                conn.insert_id = (self.ids.owner, value)
             sql = state.read_back_sql()
             if sql is not None:
                 names = sorted(state.unknown_variables)
@@ -494,7 +471,7 @@ class TxEngine:
                 )
             if self.read_your_writes and self.wrote:
                 self.wrote = False
-                self.min_position = await self._position(conn)
+                self.min_position = await _position(conn, self.min_position)
         except Exception as exc:
             log.info("%r: end-of-unit request failed (%s)", self.session, exc)
             conn.mark_broken()
@@ -511,15 +488,6 @@ class TxEngine:
         # (pinned) fires no DRAIN, so they are taken from here.
         self.session.engine_ready()
 
-    async def _position(self, conn: ServerConnection) -> Position | None:
-        if conn.is_mariadb:
-            rows = await conn.query("SELECT @@last_gtid")
-            text = (rows[0][0] or b"").decode("ascii") if rows else ""
-            return MariaDbGtidPos.parse(text) if text else self.min_position
-        rows = await conn.query("SELECT @@global.gtid_executed")
-        text = (rows[0][0] or b"").decode("ascii") if rows else ""
-        return MySqlGtidSet.parse(text)
-
     # -- failures and re-runs -------------------------------------------------------------
 
     def lost(self, conn: ServerConnection) -> None:
@@ -530,3 +498,15 @@ class TxEngine:
 
     def __repr__(self) -> str:
         return f"<TxEngine {self.session!r} {self.unit.name}>"
+
+
+async def _position(conn: ServerConnection, known: Position | None) -> Position | None:
+    """The replication position a write of `conn`'s session reached (`known` when MariaDB
+    gives none)."""
+    if conn.is_mariadb:
+        rows = await conn.query("SELECT @@last_gtid")
+        text = (rows[0][0] or b"").decode("ascii") if rows else ""
+        return MariaDbGtidPos.parse(text) if text else known
+    rows = await conn.query("SELECT @@global.gtid_executed")
+    text = (rows[0][0] or b"").decode("ascii") if rows else ""
+    return MySqlGtidSet.parse(text)

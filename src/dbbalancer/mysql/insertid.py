@@ -13,7 +13,7 @@ Each `ServerConnection` carries a `Holder` in `conn.insert_id`, what the proxy k
 its session holds:
 
 * `(None, n)`: exactly n (a new or reset connection: 0; after `DO LAST_INSERT_ID(n)`);
-* `(owner, n)`: the id of the client whose token is `owner` (`TxEngine.id_owner`); the client
+* `(owner, n)`: the id of the client whose token is `owner` (`ClientInsertId.owner`); the client
   had it as n when it last ran there. A statement of that client may have set it without an
   OK packet saying so: right for that client, for nobody else;
 * None: not known (a client's statement may have set it while the connection held another
@@ -39,6 +39,7 @@ from dbbalancer.mysql.codec import CommandByte
 __all__ = [
     "FRESH",
     "READ_BACK_SQL",
+    "ClientInsertId",
     "Holder",
     "IdUse",
     "after",
@@ -152,3 +153,46 @@ def after(
 def restore_sql(value: int) -> str:
     """The statement that gives a connection the id `value`."""
     return f"DO LAST_INSERT_ID({int(value)})"
+
+
+class ClientInsertId:
+    """One client's side of it: its token, what the command in flight does with the id, a
+    restore running before that command, a connection whose id it set unseen."""
+
+    def __init__(self) -> None:
+        self.owner = object()
+        self.sent: tuple[IdUse, bool] | None = None
+        self.restoring = False
+        self.unread: object | None = None  # the connection to read the id back from
+
+    def before_send(
+        self,
+        payload: bytes,
+        c: Classification | None,
+        statements: Statements,
+        holder: Holder,
+        value: int,
+    ) -> bool:
+        """Note the command being written to a connection holding `holder` (`value`: the
+        client's id); True when `restore_sql(value)` must run there first."""
+        use = command_use(payload, c, statements)
+        held = holds(holder, self.owner, value)
+        self.sent = (use, held or use.needs_id)
+        return use.needs_id and not held
+
+    def answered(
+        self, conn: object, holder: Holder, *, value: int, inserted: int, ok: bool
+    ) -> Holder:
+        """What `conn` (holding `holder`) holds once the command noted was answered
+        (`inserted`: the id of its OK packet, 0 for none); remembers to read the id back from
+        it when the command set it unseen."""
+        sent, self.sent = self.sent, None
+        if sent is None:
+            return holder
+        use, held = sent
+        if use is IdUse.SETS_UNSEEN and not inserted:
+            self.unread = conn
+        value = 0 if use is IdUse.RESETS and ok else value
+        return after(
+            holder, use, owner=self.owner, value=value, inserted=inserted, held=held, ok=ok
+        )

@@ -373,7 +373,7 @@ def test_a_client_leaving_during_the_position_query_leaves_the_connection_to_it(
 
 # -- sysbench -------------------------------------------------------------------------------------
 
-SYSBENCH_TABLES = SysbenchTables(tables=4, size=10000)  # little contention: no deadlocks
+SYSBENCH_TABLES = SysbenchTables(tables=4, size=10000)  # little contention: deadlocks are rare
 
 
 def sysbench() -> str:

@@ -186,7 +186,10 @@ class TxEngine:
         elif effect is _F.RELEASE or effect is _F.RESET_AND_RELEASE:
             self.checkout.release()
         elif effect is _F.GIVE_BACK:
-            self.checkout.release()
+            if not self.hidden_running:
+                # Else the hidden request owns the connection: `_hidden` gives it back once
+                # answered. Pooled now, its answer would reach the next client as a response.
+                self.checkout.release()
             self.checkout.release_unused()
         elif effect is _F.LEARN or effect is _F.FLUSH:
             pass

@@ -423,6 +423,14 @@ class ClientSession(ConnectionPhase):
             return True
         return not (server.in_flight or self._infile or self._queue or server.in_transaction)
 
+    def _between_commands(self) -> bool:
+        """True when the client is logged in and waits for no answer."""
+        if not self._forwarding or self._changing_user or self._infile or self._queue:
+            return False
+        if self.engine is not None:
+            return not self.engine.busy
+        return self.server is None or not self.server.in_flight
+
     def shutdown(self) -> None:
         """Close this client because the balancer is stopping (ER_SERVER_SHUTDOWN)."""
         if self.closed:
@@ -430,6 +438,12 @@ class ClientSession(ConnectionPhase):
         server = self.server
         if server is not None and server.in_flight:
             server.mark_broken()
+        if self._between_commands():
+            # Unasked, the ERR starts an exchange of its own, at sequence id 0, as a server's
+            # goodbye does: continuing the last one, it would read as a garbled answer to the
+            # client's next command (PyMySQL: "packet sequence number wrong", which pools such
+            # as SQLAlchemy's pre-ping do not take for a lost connection).
+            self._client_seq = 0
         self._send_error(ErrorCode.SHUTTING_DOWN, "Server shutdown in progress (dbbalancer)")
         self._release_server()
         self.close()

@@ -138,3 +138,36 @@ def test_statement_behind_a_hidden_request(
     balancer: BalancerThread, statements: list[str], last: list[Any], prepare: bool
 ) -> None:
     assert run(balancer, statements, prepare) == last
+
+
+def test_a_client_leaving_during_the_position_query_leaves_nothing_to_the_next(
+    pg_cluster: PgCluster,
+) -> None:
+    """A client writes and leaves at once, while the read-your-writes position query of its
+    unit is still in flight (the relay holds the answer 0.2 s): the next client, on the same
+    and only pooled connection, gets its own answers, never that query's."""
+    primary = pg_cluster.primary
+    with DelayProxy((primary.host, primary.port), delay=0.2) as relay:
+        config = cluster_config(
+            pg_cluster,
+            mode="transaction",
+            pool_size=1,
+            split=True,
+            addresses={primary.name: relay.address()},
+            extra="read_your_writes = true\nmax_replica_lag = []\n",
+        )
+        with BalancerThread(parse_config(config)) as balancer:
+            host, port = balancer.pg_address
+            conninfo = make_conninfo(
+                host=host, port=str(port), user="app", password="app", dbname="main"
+            )
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS hr_quit (i int)")
+            for i in range(3):
+                quitter = psycopg.connect(conninfo, autocommit=True)
+                quitter.execute("INSERT INTO hr_quit VALUES (%s)", (i,))
+                quitter.close()
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute("SET statement_timeout = '20s'")
+                    row = conn.execute("SELECT 1000 + %s::int", (i,)).fetchone()
+                    assert row == (1000 + i,)

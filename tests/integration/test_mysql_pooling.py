@@ -171,6 +171,30 @@ def test_autocommit_off_holds_the_connection_until_commit(balancer: BalancerThre
             assert one(b, "SELECT @@autocommit") == 1
 
 
+def test_autocommit_off_frees_the_connection_between_transactions(
+    balancer: BalancerThread,
+) -> None:
+    """pool_size = 1: a client with autocommit off holds the connection during each of its
+    transactions only (as ProxySQL multiplexes it); the next one starts with autocommit off
+    again, and the other client never sees that setting."""
+    with connect(balancer) as a, connect(balancer) as b:
+        run(a, "CREATE TABLE IF NOT EXISTS pool_ac2 (x INT)")
+        run(a, "DELETE FROM pool_ac2")
+        run(a, "SET autocommit = 0")
+        run(a, "INSERT INTO pool_ac2 VALUES (1)")
+        run(a, "COMMIT")
+        # a is idle between transactions: b gets the only connection, as it was pooled.
+        assert one(b, "SELECT @@autocommit") == 1
+        assert one(b, "SELECT COUNT(*) FROM pool_ac2") == 1
+        assert one(a, "SELECT @@autocommit") == 0
+        run(a, "INSERT INTO pool_ac2 VALUES (2)")
+        assert one(a, "SELECT COUNT(*) FROM pool_ac2") == 2
+        run(a, "ROLLBACK")
+        assert one(b, "SELECT COUNT(*) FROM pool_ac2") == 1
+        assert one(a, "SELECT @@autocommit, COUNT(*) FROM pool_ac2") == 0
+        run(a, "ROLLBACK")
+
+
 def test_transaction_keeps_its_connection_and_others_wait(balancer: BalancerThread) -> None:
     with connect(balancer) as a, connect(balancer) as b:
         run(a, "CREATE TABLE IF NOT EXISTS pool_tx (x INT)")

@@ -65,7 +65,6 @@ def test_computed_variables_are_read_back() -> None:
         ("SELECT GET_LOCK('l', 1)", "SELECT RELEASE_ALL_LOCKS()"),
         ("LOCK TABLES t READ", "UNLOCK TABLES"),
         ("PREPARE s FROM 'SELECT 1'", "DEALLOCATE PREPARE s"),
-        ("SET autocommit = 0", "SET autocommit = 1"),
         ("SET TRANSACTION READ ONLY", "COMMIT"),
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "ROLLBACK"),
     ],
@@ -144,3 +143,16 @@ def test_read_back_values_keep_their_type(
     value: bytes | None, column_type: int, charset: int, literal: str
 ) -> None:
     assert literal_of(value, column_type, charset) == literal
+
+
+def test_autocommit_off_is_replayed_not_pinned() -> None:
+    state = fresh()
+    apply(state, "SET autocommit = 0")
+    assert not state.pinned
+    assert state.dirty
+    replay = state.replay_sql()
+    assert replay is not None
+    assert replay.endswith("SET SESSION autocommit = 0")
+    apply(state, "SET autocommit = 1")
+    assert not state.dirty
+    assert state.replay_sql() is None

@@ -4,8 +4,9 @@ The engine drives the protocol-neutral unit-of-work table (`core/unitofwork.py`)
 command is a whole request cycle, so every command is the table's QUERY event. A unit of work
 is one command outside a transaction, or a transaction; it ends when the server's last status
 flags say so (SERVER_STATUS_IN_TRANS clear) and nothing keeps the client on its connection
-(`MySessionState.pin_reasons`, and the server's SERVER_STATUS_AUTOCOMMIT: a client with
-autocommit off is held to its connection until it turns it back on).
+(`MySessionState.pin_reasons`). A client with autocommit off holds a connection during each
+transaction and none between them: autocommit off is replayed with its session (the server's
+SERVER_STATUS_AUTOCOMMIT cleared by a statement the tracking missed pins).
 
 The client session (`mysql/frontend.py`) hands the engine one command at a time (the others wait
 in its queue until `busy` is false), tells it where each response ends (`response_done`) and
@@ -230,7 +231,8 @@ class TxEngine:
         code = packet.payload[0]
         if answer and not self.backlog:
             if code == CommandByte.PING:
-                self.session.answer_locally(packet, OkPacket(status_flags=self._status()))
+                status = 0 if self.state.autocommit_off else ServerStatus.AUTOCOMMIT
+                self.session.answer_locally(packet, OkPacket(status_flags=status))
                 return
             statements = self.statements
             if statements is not None:
@@ -240,9 +242,6 @@ class TxEngine:
                 self.session.answer_locally(packet, None)
                 return
         self.backlog.append(packet)
-
-    def _status(self) -> int:
-        return ServerStatus.AUTOCOMMIT
 
     def classify(self, packet: Packet) -> Classification | None:
         """The classification of a COM_QUERY or COM_STMT_PREPARE's text, or of the statement a
@@ -434,7 +433,10 @@ class TxEngine:
         else:
             read_back = state.read_back_sql() is not None or self.ids.unread is conn
             ask = self.read_your_writes and self.wrote and not in_tx
-        pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT)
+        # Autocommit off as tracked is replayed on the next connection; off untracked pins.
+        pinned = state.pinned or (
+            not conn.status & ServerStatus.AUTOCOMMIT and not state.autocommit_off
+        )
         if not in_tx and not read_back and not ask:
             self.checkout.force_primary = False
         return work_done(

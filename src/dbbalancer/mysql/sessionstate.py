@@ -13,8 +13,9 @@ A `MySessionState` is told every command's classification and whether the server
 * what keeps the client on its connection (`pin_reasons`): temporary tables, GET_LOCK, LOCK
   TABLES, SQL PREPARE, binary-protocol prepared statements (all of them without statement
   mapping; with it, those whose server statement holds a cursor or parameter data), an open XA
-  branch, HANDLER, settings it cannot replay, autocommit off. Each pin is released when the
-  state that caused it is gone.
+  branch, HANDLER, settings it cannot replay, `SET TRANSACTION` for the next transaction. Each
+  pin is released when the state that caused it is gone. Autocommit off does not pin: it is
+  replayed (`replay_sql`), so a client holds no connection between its transactions.
 
 Nothing here touches a socket; the engine (`mysql/engine.py`) sends the text.
 """
@@ -35,7 +36,7 @@ from dbbalancer.core.statement import (
 
 __all__ = ["MySessionState", "literal_of", "quote_string"]
 
-# Setting names the engine manages itself: autocommit is a pin, not a replayed value.
+# Setting names kept apart: autocommit is `autocommit_off`, replayed last.
 _NOT_REPLAYED: Final = frozenset({"autocommit"})
 # What surely ends the transaction that `SET TRANSACTION` (next transaction only) was for, or
 # discards it (the server clears it at any commit or rollback, even with no transaction open;
@@ -259,19 +260,12 @@ class MySessionState:
         )
         if self.statements and self.statements_pin:
             reasons.append("prepared_statement")
-        if self.autocommit_off:
-            reasons.append("autocommit_off")
         return reasons
 
     @property
     def pinned(self) -> bool:
         """True while session state keeps the client on its connection."""
-        return bool(
-            self.pins
-            or self.statement_pins
-            or (self.statements and self.statements_pin)
-            or self.autocommit_off
-        )
+        return bool(self.pins or self.statement_pins or (self.statements and self.statements_pin))
 
     @property
     def dirty(self) -> bool:
@@ -282,6 +276,7 @@ class MySessionState:
             or self.names
             or self.database != self.home_database
             or self.multi_statements_off
+            or self.autocommit_off
         )
 
     def replay_sql(self) -> str | None:
@@ -308,6 +303,10 @@ class MySessionState:
             characteristics.append("READ ONLY" if read_only == "ON" else "READ WRITE")
         if characteristics:
             parts.append("SET SESSION TRANSACTION " + ", ".join(characteristics))
+        if self.autocommit_off:
+            # Between transactions the client holds no connection: each transaction of its
+            # starts on one given autocommit off again (and reset when it goes back).
+            parts.append("SET SESSION autocommit = 0")
         if self.variables:
             parts.append(
                 "SET "

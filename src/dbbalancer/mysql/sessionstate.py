@@ -4,9 +4,12 @@ connections (issue #12).
 A `MySessionState` is told every command's classification and whether the server accepted it
 (`apply`), and answers three questions:
 
-* what to replay on a freshly checked-out connection (`replay_sql`): session variables the client
-  set (SET [SESSION] x = literal, SET NAMES, ...), the current database and user variables
-  (SET @x = <literal>, keeping integers, decimals, doubles, strings, binary strings and NULL);
+* what to replay on a freshly checked-out connection (`replay_statements`): session variables
+  the client set (SET [SESSION] x = literal, SET NAMES, ...) to values other than those the
+  connections of its pool profile start with (`mysql/profile.py`), the current database and
+  user variables (SET @x = <literal>, keeping integers, decimals, doubles, strings, binary
+  strings and NULL), and the statement mode if the client switched it
+  (`multi_statements_switch`);
 * what must be read back at the end of the unit (`read_back_sql`): user variables the server
   computed (SELECT @x := ..., SET @x = expr, SELECT ... INTO @x), read with `SELECT @x, ...`
   and remembered as literals (`learn_read_back`);

@@ -351,8 +351,8 @@ class TxEngine:
             self.statements.learn(conn, packet, tracker)
         if code == CommandByte.QUERY and c is not None:
             state.apply(c, bytes(packet.payload[1:]).decode("utf-8", "replace"), ok=ok)
-            # A SET NAMES that leaves the connection's own character set (PyMySQL's and
-            # mysql-connector's after their login) needs no reset.
+            # A SET NAMES to the connection's own character set, or autocommit on where it is
+            # (PyMySQL's and mysql-connector's after their login), needs no reset.
             self.touched = self.touched or (changes_session(c) and not state.settles(c))
             if self.on_primary and not c.read_only:
                 self.wrote = True

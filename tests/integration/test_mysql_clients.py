@@ -261,13 +261,13 @@ def test_use_and_init_db_switch_the_database(balancer: BalancerThread) -> None:
 def test_the_next_client_does_not_inherit_the_database(
     balancer_one: BalancerThread,
 ) -> None:
-    with connect(balancer_one) as conn:
+    with connect(balancer_one, client_flag=CLIENT.MULTI_STATEMENTS) as conn:
         first = one(conn, "SELECT CONNECTION_ID()")
         with conn.cursor() as cur:
             cur.execute("USE other")
             cur.execute("SET @leftover = 1")
     wait_for(lambda: pool_counts(balancer_one) == (1, 0))
-    with connect(balancer_one) as conn:
+    with connect(balancer_one, client_flag=CLIENT.MULTI_STATEMENTS) as conn:
         assert one(conn, "SELECT CONNECTION_ID()") == first  # the same pooled connection
         assert one(conn, "SELECT DATABASE()") == "app"
         assert one(conn, "SELECT @leftover") is None
@@ -388,13 +388,25 @@ def test_a_silent_client_is_dropped_at_the_login_timeout(balancer_one: BalancerT
 
 
 def test_client_killed_mid_result(balancer_one: BalancerThread) -> None:
-    with connect(balancer_one) as conn:
+    # With multi-statements, as the mysql client below: the same pool profile and connection.
+    with connect(balancer_one, client_flag=CLIENT.MULTI_STATEMENTS) as conn:
         server_id = one(conn, "SELECT CONNECTION_ID()")
     wait_for(lambda: pool_counts(balancer_one) == (1, 0))
     # The mysql client streams a big result (--quick) into a pipe nobody reads: it stops in
     # the middle, and is killed there.
+    # utf8mb4: the client's own default here is utf8mb3, another pool profile.
     command = ["mysql", "--no-defaults", "--skip-ssl", "--quick", "-h", "127.0.0.1"]
-    command += ["-P", str(port_of(balancer_one)), "-u", "app", "-papp", "app", "-N", "-e"]
+    command += [
+        "--default-character-set=utf8mb4",
+        "-P",
+        str(port_of(balancer_one)),
+        "-u",
+        "app",
+        "-papp",
+        "app",
+        "-N",
+        "-e",
+    ]
     command += ["SELECT CONNECTION_ID(), REPEAT('z', 1000) FROM seq_1_to_1000000"]
     victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -429,13 +441,19 @@ def balancer_one(
         yield thread
 
 
-def pool_counts(balancer: BalancerThread) -> tuple[int, int]:
-    """(idle, active) server connections over the proxy's pools."""
+def pool_counts(balancer: BalancerThread, profile: str = "") -> tuple[int, int]:
+    """(idle, active) server connections over the proxy's pools of pool profile `profile`
+    (the default: clients with multi-statements and utf8mb4_general_ci; docs/mysql.md)."""
 
     def counts() -> tuple[int, int]:
         service = balancer.app.mysql
         assert service is not None
-        stats = [p.stats() for c in service.clusters() for p in c.runtime.pools()]
+        stats = [
+            p.stats()
+            for c in service.clusters()
+            for p in c.runtime.pools()
+            if p.key.split("@")[0].partition("+")[2] == profile
+        ]
         return sum(s.idle for s in stats), sum(s.active for s in stats)
 
     return balancer.call(counts)

@@ -392,6 +392,8 @@ class FixtureObjects:
 # a leak shows in the scripts; their locks and rows are their own, so they never block a script.
 
 Churner = Callable[[Any, random.Random, int], bool]
+# Sessions of churners with an even number ask for CLIENT_MULTI_STATEMENTS, as mysql-connector
+# does, the others do not, as PyMySQL by default: each pool profile the scripts use is churned.
 
 
 def _q(conn: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -568,6 +570,11 @@ class Churn:
                     autocommit=True,
                     connect_timeout=10,
                     read_timeout=READ_TIMEOUT,
+                    # Half of them with multi-statements: pool profiles keep connections of
+                    # clients with and without them apart (docs/mysql.md), and each profile
+                    # the scripts use (PyMySQL's; mysql-connector's, which asks for them)
+                    # must be churned.
+                    client_flag=CLIENT.MULTI_STATEMENTS if me % 2 == 0 else 0,
                 )
                 with conn:
                     for _ in range(rng.randint(1, 4)):

@@ -514,7 +514,10 @@ def test_500_concurrent_clients_share_20_server_connections(
         assert len(result["spans"]) == clients
         server_ids = result["server_ids"]
         assert len(server_ids) <= 20, f"{len(server_ids)} server connections for a pool of 20"
-        assert sum(s.total_created for s in pool_stats(balancer)) <= 20
+        # The clients' pool profile (PyMySQL's: no multi-statements, docs/mysql.md); the
+        # default profile's pool holds the connection the proxy learned the version from.
+        created = [s.total_created for s in pool_stats(balancer) if "+no_multi" in s.key]
+        assert sum(created) <= 20
         waits = sorted(login for login, _ in result["spans"])
         print(
             f"\n{clients} clients through pool_size 20: {result['elapsed']:.2f} s in all, "
@@ -574,7 +577,7 @@ def test_a_client_beyond_the_pool_waits_then_gets_a_pool_timeout(
             connect(balancer)
         assert refused.value.args[0] == 1040
         message = refused.value.args[1]
-        assert "app/app@primary" in message
+        assert "app/app+no_multi_statements@primary" in message  # PyMySQL's pool profile
         assert "pool_size 2" in message
         assert "query_wait_timeout" in message
         # A client that arrives while a session ends gets its connection.

@@ -222,6 +222,7 @@ def test_found_rows_clients_have_a_pool_profile_of_their_own() -> None:
     assert OFFERED_CAPABILITIES & Capability.FOUND_ROWS
     assert not OFFERED_CAPABILITIES & Capability.IGNORE_SPACE
     assert pool_profile(int(OFFERED_CAPABILITIES & ~Capability.FOUND_ROWS)) == ""
-    assert pool_profile(int(Capability.FOUND_ROWS | Capability.PROTOCOL_41)) == "found_rows"
+    found_rows = Capability.FOUND_ROWS | Capability.PROTOCOL_41 | Capability.MULTI_STATEMENTS
+    assert pool_profile(int(found_rows)) == "found_rows"
     assert profile_capabilities("found_rows") == Capability.FOUND_ROWS
     assert profile_capabilities("") == Capability(0)

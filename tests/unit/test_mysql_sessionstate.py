@@ -11,7 +11,7 @@ CLASSIFIER = Classifier()
 
 
 def fresh() -> MySessionState:
-    return MySessionState(database="app", names=None)
+    return MySessionState(database="app")
 
 
 def apply(state: MySessionState, sql: str, *, ok: bool = True) -> None:

@@ -9,7 +9,7 @@ CLASSIFIER = Classifier()
 
 
 def fresh() -> MySessionState:
-    return MySessionState(database="app", names=None)
+    return MySessionState(database="app")
 
 
 def apply(state: MySessionState, sql: str) -> None:

@@ -26,8 +26,7 @@ from dbbalancer.core.routing import SessionFacts, Target, decide
 from dbbalancer.core.statement import Classification
 from dbbalancer.core.unitofwork import UnitEvent, UnitState
 from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
-from dbbalancer.mysql.codec import CommandByte, ComSetOption
-from dbbalancer.mysql.login import pool_profile
+from dbbalancer.mysql.codec import Capability, CommandByte, ComSetOption
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON
 
 if TYPE_CHECKING:
@@ -54,7 +53,7 @@ class UnitCheckout:
         user = engine.session.user
         self.default_primary = user is not None and user.default_route is Route.PRIMARY
         done = engine.session.logged_in
-        self.profile = pool_profile(done.capabilities) if done is not None else ""
+        self.profile = done.profile.name if done is not None else ""
         self.offer: _Offer | None = None  # checked out, not attached yet
         self.failure: tuple[ErrorCode, str] | None = None
         self.force_primary = False  # a replica refused the unit's read: run it on the primary
@@ -167,10 +166,20 @@ class UnitCheckout:
 
     async def _replay(self, conn: ServerConnection) -> None:
         engine = self.engine
-        sql = engine.state.replay_sql()
-        if sql is not None:
-            await conn.query(sql)
-        if engine.state.multi_statements_off:
+        state = engine.state
+        statements = state.replay_statements()
+        switch = state.multi_statements_switch()
+        if switch is True:
+            await conn.roundtrip(ComSetOption(MULTI_STATEMENTS_ON).encode())
+        if len(statements) == 1 or (
+            statements and (switch is True or conn.capabilities & Capability.MULTI_STATEMENTS)
+        ):
+            await conn.query("; ".join(statements))
+        else:
+            # A connection of a profile without multi-statements takes them one by one.
+            for statement in statements:
+                await conn.query(statement)
+        if switch is False:
             await conn.roundtrip(ComSetOption(MULTI_STATEMENTS_OFF).encode())
 
     def attach(self) -> None:
@@ -277,12 +286,16 @@ class UnitCheckout:
             self.engine.session.service.spawn(self._give_back(offer[0], offer[1]))
 
     async def _give_back(self, pool: Pool[ServerConnection], conn: ServerConnection) -> None:
-        """Reset the connection (and undo the client's statement mode and database). The
-        cluster's database is restored whatever the tracking says: a reset keeps the current
-        database, and a `USE` the tracking missed must not reach the next client."""
+        """Reset the connection (and give it back its profile's statement mode and the
+        cluster's database). The database is restored whatever the tracking says: a reset
+        keeps the current database, and a `USE` the tracking missed must not reach the next
+        client."""
         state = self.engine.state
         restore: list[bytes] = []
-        if state.multi_statements_off:
-            restore.append(ComSetOption(MULTI_STATEMENTS_ON).encode())
+        if state.multi_statements_switch() is not None:
+            default = (
+                MULTI_STATEMENTS_OFF if state.default_multi_statements_off else MULTI_STATEMENTS_ON
+            )
+            restore.append(ComSetOption(default).encode())
         restore.append(bytes((CommandByte.INIT_DB,)) + state.home_database.encode("utf-8"))
         await self.engine.session.service.give_back(pool, conn, restore)

@@ -86,14 +86,17 @@ _STATELESS: Final = frozenset(
     }
 )
 _BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
+# MariaDB sequence functions that leave the session a value for LASTVAL() / PREVIOUS VALUE FOR,
+# which a direct connection that never used the sequence answers with NULL.
+_SEQUENCE_STEPS: Final = frozenset({"nextval", "next value for", "setval"})
 # Commands a statement mapping sends itself (mysql/remap.py).
 _MAPPED: Final = frozenset({CommandByte.STMT_PREPARE, *STATEMENT_COMMANDS})
 
 
 def changes_session(c: Classification) -> bool:
     """Whether a statement may leave state in the server session (settings, database, user
-    variables, pins and what ends them)."""
-    return any(
+    variables, pins and what ends them, a sequence's value for `LASTVAL()`)."""
+    return bool(_SEQUENCE_STEPS.intersection(c.functions)) or any(
         part.settings
         or part.user_variables
         or part.database is not None
@@ -390,7 +393,9 @@ class TxEngine:
             self.statements.learn(conn, packet, tracker)
         if code == CommandByte.QUERY and c is not None:
             state.apply(c, bytes(packet.payload[1:]).decode("utf-8", "replace"), ok=ok)
-            self.touched = self.touched or changes_session(c)
+            # A SET NAMES to the connection's own character set, or autocommit on where it is
+            # (PyMySQL's and mysql-connector's after their login), needs no reset.
+            self.touched = self.touched or (changes_session(c) and not state.settles(c))
             if self.on_primary and not c.read_only:
                 self.wrote = True
         elif code == CommandByte.STMT_EXECUTE and len(packet.payload) >= 5:
@@ -433,10 +438,8 @@ class TxEngine:
         else:
             read_back = state.read_back_sql() is not None or self.ids.unread is conn
             ask = self.read_your_writes and self.wrote and not in_tx
-        # Autocommit off as tracked is replayed on the next connection; off untracked pins.
-        pinned = state.pinned or (
-            not conn.status & ServerStatus.AUTOCOMMIT and not state.autocommit_off
-        )
+        # Autocommit off as tracked is replayed on the next connection; untracked, it pins.
+        pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT or state.autocommit_off)
         if not in_tx and not read_back and not ask:
             self.checkout.force_primary = False
         return work_done(

@@ -54,6 +54,7 @@ from dbbalancer.mysql.codec import (
 from dbbalancer.mysql.engine import TxEngine
 from dbbalancer.mysql.sessionstate import MySessionState
 from dbbalancer.mysql.startup import (
+    MULTI_STATEMENTS_OFF,
     MULTI_STATEMENTS_ON,
     PRE_AUTH_MAX_PAYLOAD,
     ConnectionPhase,
@@ -154,11 +155,14 @@ class ClientSession(ConnectionPhase):
 
     def _start_transaction_pooling(self, cluster: MySqlCluster, done: LoggedIn) -> None:
         """Transaction pooling: no connection until the first command (mysql/engine.py)."""
+        profile = done.profile
         state = MySessionState(
             database=cluster.config.server_database,
-            names=self.service.set_names(done.charset),
+            defaults=self.service.profile_defaults(
+                cluster.config.name, done.user.name, profile.name
+            ),
+            multi_statements=profile.multi_statements,
         )
-        state.multi_statements_off = not done.capabilities & Capability.MULTI_STATEMENTS
         self.engine = TxEngine(self, cluster, state)
 
     # -- command phase ----------------------------------------------------------------------------
@@ -405,8 +409,12 @@ class ClientSession(ConnectionPhase):
             pool.release(server, reusable=False, reason=DropReason.CLIENT_GONE_MID_TRANSACTION)
             return
         restore: list[bytes] = []
+        done = self.logged_in
         if self._options_dirty:
-            restore.append(ComSetOption(MULTI_STATEMENTS_ON).encode())
+            # Back to the statement mode of the connection's pool profile.
+            multi = done is None or done.profile.multi_statements
+            option = MULTI_STATEMENTS_ON if multi else MULTI_STATEMENTS_OFF
+            restore.append(ComSetOption(option).encode())
         cluster = self.cluster
         if self._database_dirty and cluster is not None:
             restore.append(ComInitDb(cluster.config.server_database).encode())

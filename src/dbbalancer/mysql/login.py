@@ -58,10 +58,10 @@ from dbbalancer.mysql.codec import (
     decode_handshake_response,
 )
 from dbbalancer.mysql.errors import error_of
+from dbbalancer.mysql.profile import DEFAULT_COLLATION, PoolProfile
 
 __all__ = [
     "OFFERED_CAPABILITIES",
-    "PROFILE_CAPABILITIES",
     "ClientLogin",
     "LoggedIn",
     "LoginState",
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 # drops: a client wanting it sets the sql_mode), compression and TLS (not implemented).
 # FOUND_ROWS changes what the server answers (an UPDATE's affected rows are the rows matched,
 # not changed) and survives a reset: a client that asks for it gets server connections of its
-# own pool profile (PROFILE_CAPABILITIES). LOCAL_FILES is added when a cluster allows LOAD DATA
+# own pool profile (mysql/profile.py). LOCAL_FILES is added when a cluster allows LOAD DATA
 # LOCAL INFILE.
 OFFERED_CAPABILITIES: Final = (
     Capability.LONG_PASSWORD
@@ -99,28 +99,23 @@ OFFERED_CAPABILITIES: Final = (
     | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA
 )
 
-# Client flags that pooled server connections must share with the client: each combination is
-# a pool profile of its own (core Cluster pools are per user, profile and server).
-PROFILE_CAPABILITIES: Final = {"found_rows": Capability.FOUND_ROWS}
 
-
-def pool_profile(capabilities: int) -> str:
-    """The pool profile of a client that negotiated `capabilities` ("" for none of them)."""
-    return ",".join(name for name, flag in PROFILE_CAPABILITIES.items() if capabilities & flag)
+def pool_profile(capabilities: int, charset: int = DEFAULT_COLLATION) -> str:
+    """The pool profile (mysql/profile.py) of a client that negotiated `capabilities` with
+    handshake collation `charset` ("" for the default one)."""
+    return PoolProfile.of(capabilities, charset).name
 
 
 def profile_capabilities(profile: str) -> Capability:
-    """The client flags of pool profile `profile` (what its server connections ask for)."""
-    flags = Capability(0)
-    for name in filter(None, profile.split(",")):
-        flags |= PROFILE_CAPABILITIES[name]
-    return flags
+    """The flags pool profile `profile` adds to the pooled connections' base set (FOUND_ROWS);
+    what it takes away and its collation are `PoolProfile.parse(profile)`'s."""
+    return PoolProfile.parse(profile).capabilities(Capability(0))
 
 
 # caching_sha2_password's one-byte client message asking for the server's RSA public key.
 _REQUEST_PUBLIC_KEY: Final = b"\x02"
 # utf8mb4_general_ci: what MariaDB greets with; the client answers with its own choice.
-DEFAULT_CHARSET: Final = 45
+DEFAULT_CHARSET: Final = DEFAULT_COLLATION
 _GREETING_STATUS: Final = int(ServerStatus.AUTOCOMMIT)
 _PLUGINS: Final = frozenset({MYSQL_NATIVE_PASSWORD, CACHING_SHA2_PASSWORD})
 
@@ -163,6 +158,11 @@ class LoggedIn:
     capabilities: Capability
     charset: int
     attributes: tuple[tuple[str, str], ...]
+
+    @property
+    def profile(self) -> PoolProfile:
+        """The pool profile of the client's server connections (mysql/profile.py)."""
+        return PoolProfile.of(self.capabilities, self.charset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,9 @@ class StatementRemapper:
     def context(self) -> Context:
         """The session state statements are prepared under now."""
         state = self.engine.state
-        return (state.database, state.names or "", tuple(sorted(state.settings.items())))
+        # The character set is the connection's profile's (mysql/profile.py): connections of
+        # other profiles never share statements with this client.
+        return (state.database, "", tuple(sorted(state.changed_settings().items())))
 
     def _cache(self, conn: ServerConnection) -> ConnectionStatements:
         return self.registry.of(conn, self.capacity)

@@ -4,16 +4,15 @@ The app builds it from its registry; each cluster's protocol-neutral runtime (po
 health monitor) comes from compose.build_cluster, given this module's connect coroutine and the
 prober of mysql/probe.py. What stays here speaks MySQL: the capability set pooled server
 connections share, the RSA key pair of caching_sha2_password, the server version clients are
-greeted with and the character set a client asked for. There is no module-level state, so two
-balancers can run in one process.
+greeted with and what each pool profile's connections start with. There is no module-level
+state, so two balancers can run in one process.
 
 Pooled server connections share one capability set (SERVER_CAPABILITIES): the ones the proxy
 offers clients (login.OFFERED_CAPABILITIES), so that every response a server sends is one the
 client can read as it is, plus LOCAL_FILES, so that the proxy, not the server, decides about
-LOAD DATA LOCAL INFILE. FOUND_ROWS changes what the server answers, not how: connections with
-it are pooled apart (a pool profile, login.pool_profile), and a client gets
-those of its own profile. A client that did not ask for multi-statements gets them switched off
-on its connection (COM_SET_OPTION) and back on before the connection is pooled again.
+LOAD DATA LOCAL INFILE. FOUND_ROWS, CLIENT_MULTI_STATEMENTS and the handshake's collation are
+the client's own: connections are pooled apart by them (a pool profile, mysql/profile.py) and
+log in with them, and a client gets those of its own profile.
 """
 
 from __future__ import annotations
@@ -41,17 +40,13 @@ from dbbalancer.core.errors import ErrorCode
 from dbbalancer.core.pool import DropReason, Pool
 from dbbalancer.core.routing import Target
 from dbbalancer.core.topology import Server
-from dbbalancer.mysql.backend import ServerConnection, connect_server
+from dbbalancer.mysql.backend import ServerConnection, ServerError, connect_server
 from dbbalancer.mysql.classify import Classifier
 from dbbalancer.mysql.codec import Capability
 from dbbalancer.mysql.frontend import ClientSession, Refused
-from dbbalancer.mysql.login import (
-    OFFERED_CAPABILITIES,
-    ClientLogin,
-    RsaKeys,
-    profile_capabilities,
-)
+from dbbalancer.mysql.login import OFFERED_CAPABILITIES, ClientLogin, RsaKeys
 from dbbalancer.mysql.probe import MyProber
+from dbbalancer.mysql.profile import ConnectionDefaults, PoolProfile, ProfileDefaults
 from dbbalancer.mysql.statements import StatementRegistry
 
 __all__ = ["SERVER_CAPABILITIES", "MySqlCluster", "MySqlService"]
@@ -64,22 +59,6 @@ SERVER_CAPABILITIES: Final = (
 # Greeted with until a server connection tells the real version.
 DEFAULT_SERVER_VERSION: Final = "5.5.5-10.11.0-MariaDB"
 VERSION_SUFFIX: Final = "-dbbalancer"
-# The character set pooled connections log in with (utf8mb4_general_ci).
-SERVER_CHARSET: Final = 45
-# Collation ids clients send in their handshake -> SET NAMES text. Others keep the server's
-# (a server, too, falls back to its default for an id it does not know).
-CHARSETS: Final[dict[int, tuple[str, str]]] = {
-    8: ("latin1", "latin1_swedish_ci"),
-    33: ("utf8mb3", "utf8mb3_general_ci"),
-    45: ("utf8mb4", "utf8mb4_general_ci"),
-    46: ("utf8mb4", "utf8mb4_bin"),
-    63: ("binary", "binary"),
-    83: ("utf8mb3", "utf8mb3_bin"),
-    192: ("utf8mb3", "utf8mb3_unicode_ci"),
-    224: ("utf8mb4", "utf8mb4_unicode_ci"),
-    # MySQL 8's default utf8mb4_0900_ai_ci: MariaDB before 11.4 knows no such collation.
-    255: ("utf8mb4", "utf8mb4_general_ci"),
-}
 
 
 class MySqlCluster:
@@ -123,24 +102,49 @@ class MySqlService:
         self.classifier = Classifier()
         # Binary-protocol statements of every connection (mysql/statements.py).
         self.statements = StatementRegistry()
+        # What the connections of each pool start with: (cluster, user, profile) -> defaults.
+        self._defaults: dict[tuple[str, str, str], ProfileDefaults] = {}
 
     # -- server connections ---------------------------------------------------------------------
 
     async def _connect(
         self, cluster: ClusterConfig, server: Server, user: UserConfig, profile: str
     ) -> ServerConnection:
-        """Open and log in one pooled server connection (compose.Connect) with the client
-        flags of its pool `profile` (login.pool_profile)."""
-        return await connect_server(
+        """Open and log in one pooled server connection (compose.Connect) with the flags and
+        collation of its pool `profile` (mysql/profile.py), and learn its character-set
+        variables for the pool's `ProfileDefaults`."""
+        wanted = PoolProfile.parse(profile)
+        timeout = self.settings.server_connect_timeout
+        conn = await connect_server(
             server,
             user=user.name,
             password=user.login_password,
             database=cluster.server_database,
-            connect_timeout=self.settings.server_connect_timeout,
+            connect_timeout=timeout,
             max_payload=self.settings.max_message_size,
-            capabilities=SERVER_CAPABILITIES | profile_capabilities(profile),
-            charset=SERVER_CHARSET,
+            capabilities=wanted.capabilities(SERVER_CAPABILITIES),
+            charset=wanted.collation,
         )
+        found: ConnectionDefaults | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                rows = await conn.query(ConnectionDefaults.query(wanted.charset))
+            found = ConnectionDefaults.from_row(rows[0]) if rows else None
+        except ServerError as refused:
+            log.info("%r: cannot read its character set (%s)", conn, refused.message)
+        except BaseException:
+            conn.close()
+            raise
+        self.profile_defaults(cluster.name, user.name, profile).learn(found)
+        return conn
+
+    def profile_defaults(self, cluster: str, user: str, profile: str) -> ProfileDefaults:
+        """What the connections of `user`'s pools of `profile` in `cluster` start with."""
+        key = (cluster, user, profile)
+        found = self._defaults.get(key)
+        if found is None:
+            found = self._defaults[key] = ProfileDefaults()
+        return found
 
     def _make_prober(self, cluster: ClusterConfig, user: UserConfig) -> MyProber:
         """The health prober of `cluster` (compose.MakeProber); closed by `stop()`."""
@@ -225,17 +229,6 @@ class MySqlService:
             self.limits.admit(user)
         except TooManyClients as exc:
             raise Refused(ErrorCode.CLIENT_LIMIT, f"Too many connections: {exc}") from None
-
-    @staticmethod
-    def set_names(charset: int) -> str | None:
-        """The SET NAMES for a client's handshake collation id; None when the pooled
-        connections' character set already is the client's (or the id is unknown)."""
-        if charset == SERVER_CHARSET:
-            return None
-        names = CHARSETS.get(charset)
-        if names is None:
-            return None
-        return f"SET NAMES {names[0]} COLLATE {names[1]}"
 
     def clusters(self) -> list[MySqlCluster]:
         """Every MySQL cluster."""

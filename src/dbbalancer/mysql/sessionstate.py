@@ -4,9 +4,12 @@ connections (issue #12).
 A `MySessionState` is told every command's classification and whether the server accepted it
 (`apply`), and answers three questions:
 
-* what to replay on a freshly checked-out connection (`replay_sql`): session variables the client
-  set (SET [SESSION] x = literal, SET NAMES, ...), the current database and user variables
-  (SET @x = <literal>, keeping integers, decimals, doubles, strings, binary strings and NULL);
+* what to replay on a freshly checked-out connection (`replay_statements`): session variables
+  the client set (SET [SESSION] x = literal, SET NAMES, ...) to values other than those the
+  connections of its pool profile start with (`mysql/profile.py`), the current database and
+  user variables (SET @x = <literal>, keeping integers, decimals, doubles, strings, binary
+  strings and NULL), and the statement mode if the client switched it
+  (`multi_statements_switch`);
 * what must be read back at the end of the unit (`read_back_sql`): user variables the server
   computed (SELECT @x := ..., SET @x = expr, SELECT ... INTO @x), read with `SELECT @x, ...`
   and remembered as literals (`learn_read_back`);
@@ -33,6 +36,7 @@ from dbbalancer.core.statement import (
     TxAction,
     UnpinEvent,
 )
+from dbbalancer.mysql.profile import CHARSET_SETTINGS, ProfileDefaults
 
 __all__ = ["MySessionState", "literal_of", "quote_string"]
 
@@ -101,11 +105,18 @@ def _name(raw: str) -> str:
 class MySessionState:
     """One client's session state (see the module docstring)."""
 
-    def __init__(self, *, database: str, names: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        database: str,
+        defaults: ProfileDefaults | None = None,
+        multi_statements: bool = True,
+    ) -> None:
         self.home_database = database
         self.database = database
-        # SET NAMES for the client's handshake collation (None: the pooled connections' own).
-        self.names = names
+        # What the connections of the client's pool profile start with (mysql/profile.py): a
+        # setting that leaves them so is no change. None: nothing is known.
+        self.defaults = defaults
         self.settings: dict[str, str] = {}
         self.variables: dict[str, str] = {}  # user variable -> SQL literal
         self.unknown_variables: set[str] = set()  # computed by the server: read back
@@ -117,7 +128,8 @@ class MySessionState:
         # Mapped statements whose server statement holds state of its own: (id, reason).
         self.statement_pins: set[tuple[int, str]] = set()
         self.autocommit_off = False
-        self.multi_statements_off = False
+        # COM_SET_OPTION: the client's statement mode, and its connections' (the profile's).
+        self.multi_statements_off = self.default_multi_statements_off = not multi_statements
         self.last_insert_id = 0
 
     # -- what the client did --------------------------------------------------------------
@@ -271,22 +283,52 @@ class MySessionState:
     def dirty(self) -> bool:
         """True when a connection that ran this client's units differs from a pooled one."""
         return bool(
-            self.settings
-            or self.variables
-            or self.names
+            self.variables
             or self.database != self.home_database
-            or self.multi_statements_off
             or self.autocommit_off
+            or self.multi_statements_off != self.default_multi_statements_off
+            or (self.settings and self.changed_settings())
         )
 
-    def replay_sql(self) -> str | None:
-        """One multi-statement string that gives a reset pooled connection this session."""
+    def changed_settings(self) -> dict[str, str]:
+        """The settings that make the session differ from a pooled connection of its profile
+        (a character set it already has is none), in the order they were made."""
+        settings = self.settings
+        charset = self.defaults.charset if self.defaults is not None else None
+        if charset is None or not any(name in settings for name in CHARSET_SETTINGS):
+            return settings
+        same = charset.unchanged(settings)
+        return {k: v for k, v in settings.items() if k not in same}
+
+    def settles(self, c: Classification) -> bool:
+        """Whether `c`, applied, left the connection as it logged in although it changes
+        settings: a single statement whose only effects are character-set settings with
+        values (SET NAMES, SET character_set_client = ...) that the session's connections
+        already have, or autocommit turned on where connections start with it on. Such a
+        statement is exactly tracked, so its connection needs no reset."""
+        defaults = self.defaults.charset if self.defaults is not None else None
+        if defaults is None or (c.parts and len(c.parts) != 1):
+            return False
+        for setting in c.settings:
+            if setting.name == "autocommit":
+                if not (c.autocommit is True and defaults.autocommit):
+                    return False
+            elif setting.name not in CHARSET_SETTINGS or setting.value is None:
+                return False
+        return (
+            bool(c.settings)
+            and not (c.user_variables or c.database is not None or c.pins or c.unpins)
+            and not any(name in self.changed_settings() for name in CHARSET_SETTINGS)
+        )
+
+    def replay_statements(self) -> list[str]:
+        """The statements that give a reset pooled connection of the client's profile this
+        session (the statement mode aside: `multi_statements_switch`)."""
         parts: list[str] = []
-        if self.names is not None:
-            parts.append(self.names)
         if self.database != self.home_database:
             parts.append("USE `" + self.database.replace("`", "``") + "`")
-        plain = {k: v for k, v in self.settings.items() if k not in _TRANSACTION_SETTINGS}
+        settings = self.changed_settings() if self.settings else self.settings
+        plain = {k: v for k, v in settings.items() if k not in _TRANSACTION_SETTINGS}
         if plain:
             parts.append(
                 "SET "
@@ -295,10 +337,10 @@ class MySessionState:
                 )
             )
         characteristics = []
-        isolation = self.settings.get("transaction_isolation")
+        isolation = settings.get("transaction_isolation")
         if isolation is not None:
             characteristics.append("ISOLATION LEVEL " + isolation.replace("-", " ").upper())
-        read_only = self.settings.get("transaction_read_only")
+        read_only = settings.get("transaction_read_only")
         if read_only is not None:
             characteristics.append("READ ONLY" if read_only == "ON" else "READ WRITE")
         if characteristics:
@@ -315,7 +357,19 @@ class MySessionState:
                     for name, value in self.variables.items()
                 )
             )
+        return parts
+
+    def replay_sql(self) -> str | None:
+        """`replay_statements` as one multi-statement string (None: nothing to replay)."""
+        parts = self.replay_statements()
         return "; ".join(parts) if parts else None
+
+    def multi_statements_switch(self) -> bool | None:
+        """The statement mode to switch a connection of the profile to for this client (True:
+        multi-statements on), or None when it has the client's already."""
+        if self.multi_statements_off == self.default_multi_statements_off:
+            return None
+        return not self.multi_statements_off
 
     def read_back_sql(self) -> str | None:
         """The hidden SELECT that reads the user variables the server computed, or None."""

@@ -4,8 +4,8 @@ start-up is `postgres.startup`), and what it shares with the command phase.
 `ConnectionPhase` is the first half of `frontend.ClientSession`: the transport, packets
 numbered with the client's sequence ids, the login coroutine (the exchange itself is sans-IO
 in `mysql.login`) fed through a `PacketInbox`, and the new login of COM_CHANGE_USER. A
-logged-in client gets a primary connection with its character set and statement mode from
-`checkout`, at login and again after COM_CHANGE_USER (session pooling); under transaction
+logged-in client gets a primary connection of its pool profile (character set, statement mode)
+from `checkout`, at login and again after COM_CHANGE_USER (session pooling); under transaction
 pooling the login ends without one and `mysql.engine` takes a connection per unit of work.
 The command phase (forwarding, LOCAL INFILE, giving the connection back) is in `frontend`.
 """
@@ -23,13 +23,11 @@ from typing import TYPE_CHECKING, Final
 from dbbalancer.config import PoolMode, UserConfig
 from dbbalancer.core.cluster import NoServerAvailable
 from dbbalancer.core.errors import ErrorCode
-from dbbalancer.core.pool import DropReason, Pool, PoolClosed, PoolTimeout
+from dbbalancer.core.pool import Pool, PoolClosed, PoolTimeout
 from dbbalancer.core.routing import Target
 from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
 from dbbalancer.mysql.codec import (
-    Capability,
     ComChangeUser,
-    ComSetOption,
     ErrPacket,
     Packet,
     PacketReader,
@@ -38,7 +36,7 @@ from dbbalancer.mysql.codec import (
     encode_packets,
 )
 from dbbalancer.mysql.errors import error_of
-from dbbalancer.mysql.login import ClientLogin, LoggedIn, Reply, pool_profile
+from dbbalancer.mysql.login import ClientLogin, LoggedIn, Reply
 
 if TYPE_CHECKING:
     from dbbalancer.mysql.service import MySqlCluster, MySqlService
@@ -140,23 +138,17 @@ def check_pool_mode(cluster: MySqlCluster, user: UserConfig) -> PoolMode:
 
 @dataclass(frozen=True, slots=True)
 class Checkout:
-    """A primary connection prepared for one client."""
+    """A primary connection for one client."""
 
     server: ServerConnection
     pool: Pool[ServerConnection]
-    options_dirty: bool  # multi-statements turned off: restore before the next client
 
 
 async def checkout(service: MySqlService, cluster: MySqlCluster, done: LoggedIn) -> Checkout:
-    """Take a primary connection for a logged-in client and give it the client's character
-    set and statement mode; a connection that could not be prepared is dropped."""
-    server, pool = await _acquire(service, cluster, done.user, pool_profile(done.capabilities))
-    try:
-        options_dirty = await _prepare(service, server, done)
-    except BaseException:
-        pool.release(server, reusable=False, reason=DropReason.RESET_FAILED)
-        raise
-    return Checkout(server, pool, options_dirty)
+    """Take a primary connection for a logged-in client from the pool of its profile, whose
+    connections have its character set and statement mode (mysql/profile.py)."""
+    server, pool = await _acquire(service, cluster, done.user, done.profile.name)
+    return Checkout(server, pool)
 
 
 async def _acquire(
@@ -180,19 +172,6 @@ async def _acquire(
         ) from None
     service.learn_version(server)
     return server, pool
-
-
-async def _prepare(service: MySqlService, server: ServerConnection, done: LoggedIn) -> bool:
-    """Set the client's character set and statement mode; True if the options changed."""
-    names = service.set_names(done.charset)
-    if names is not None:
-        await server.query(names)
-    if not done.capabilities & Capability.MULTI_STATEMENTS:
-        # The pooled connection allows multi-statements; this client did not ask for them,
-        # so "a; b" must fail as it would on the server.
-        await server.roundtrip(ComSetOption(MULTI_STATEMENTS_OFF).encode())
-        return True
-    return False
 
 
 class ConnectionPhase(asyncio.Protocol):
@@ -355,7 +334,6 @@ class ConnectionPhase(asyncio.Protocol):
             taken = await checkout(self.service, cluster, done)
             server = taken.server
             self.server, self.pool = server, taken.pool
-            self._options_dirty = self._options_dirty or taken.options_dirty
             server.attach(self)
         self.reader.max_payload = self.service.settings.max_message_size
         self.reader.expected_sequence = None
@@ -433,7 +411,6 @@ class ConnectionPhase(asyncio.Protocol):
                 return
             taken = await checkout(self.service, cluster, done)
             server, pool = taken.server, taken.pool
-            self._options_dirty = self._options_dirty or taken.options_dirty
         except Refused as refused:
             self._send_error(refused.code, refused.message)
             self.close()

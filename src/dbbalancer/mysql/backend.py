@@ -14,9 +14,11 @@ A logged-in `ServerConnection` then runs in one of two modes:
 
 * **conversation** (probes, resets): `query`, `query_sets`, `ping`, `reset` send one command
   and await its whole response.
-* **forwarding** (attached to a client session): after `attach(sink)` every whole server packet
-  (16 MB continuations joined, sequence ids checked) goes to `sink.server_packets` as it
-  arrives; `send_command` and `send_packet` write the client's packets. The connection follows
+* **forwarding** (attached to a client session): after `attach(sink)` the server's whole
+  packets (sequence ids checked) go to `sink.server_packets` as they arrive, as runs of raw
+  bytes (`codec.PacketRun`: what one read brought of a response, up to its end), which the
+  sink writes on as they are; `send_command` and `send_packet` write the client's packets.
+  Rows and definitions are only counted, never decoded. The connection follows
   each command's response with a `codec.ResponseTracker` (`conn.tracker`), set up by
   `send_command`, so `conn.tracker.phase` tells the sink when a response is complete
   (`Phase.DONE`) or waits for the client (`Phase.CLIENT_TURN`: LOCAL INFILE data, an
@@ -49,7 +51,6 @@ from dbbalancer.mysql.codec import (
     Capability,
     ColumnCount,
     ColumnDefinition41,
-    Command,
     CommandByte,
     ComPing,
     ComQuery,
@@ -61,13 +62,14 @@ from dbbalancer.mysql.codec import (
     OkPacket,
     Packet,
     PacketReader,
+    PacketRun,
     Phase,
     ProtocolError,
     ResponseTracker,
     ServerStatus,
-    decode_command,
     decode_text_row,
     encode_packets,
+    execute_opens_cursor,
     negotiate,
 )
 from dbbalancer.mysql.errors import class_of
@@ -144,9 +146,10 @@ class ConnectionClosed(Exception):
 class ServerSink(Protocol):
     """The client side of a forwarding server connection (see `ServerConnection.attach`)."""
 
-    def server_packets(self, conn: ServerConnection, packets: list[Packet]) -> None:
-        """Whole server packets, in order. One call never holds packets of two responses: the
-        last packet of a call may end the response (`conn.tracker.phase` says so)."""
+    def server_packets(self, conn: ServerConnection, run: PacketRun) -> None:
+        """Whole server packets, in order, as the server framed them. One call never holds
+        packets of two responses: the last packet of a run may end the response
+        (`conn.tracker.phase` says so)."""
 
     def server_lost(self, conn: ServerConnection) -> None:
         """The server connection closed or broke while attached."""
@@ -238,12 +241,23 @@ class ServerConnection(asyncio.Protocol):
         self._closed_waiter = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        batch: list[Packet] = []
-        batch_sink: ServerSink | None = None
+        reader = self.reader
         try:
-            self.reader.feed(data)
+            reader.feed(data)
             while True:
-                packet = self.reader.next()
+                sink = self._sink
+                tracker = self.tracker
+                if sink is not None and tracker is not None and tracker.phase is Phase.MORE:
+                    # The fast path: the response's whole packets as one run of raw bytes. A
+                    # run ends where the response does or gives the client its turn: the
+                    # sink acts (and may send the next command) before anything else comes.
+                    run = reader.take_response(tracker)
+                    if run is not None:
+                        self._accounted(tracker)
+                        sink.server_packets(self, run)
+                        continue
+                # A 16 MB packet, an unsolicited one, the login, a conversation.
+                packet = reader.next()
                 if packet is None:
                     break
                 phase = self._account(packet)
@@ -251,21 +265,11 @@ class ServerConnection(asyncio.Protocol):
                 if sink is None:
                     self._queue.append((packet, phase))
                     self._wake()
-                    continue
-                if batch and batch_sink is not None and batch_sink is not sink:
-                    batch_sink.server_packets(self, batch)
-                    batch = []
-                batch_sink = sink
-                batch.append(packet)
-                if phase is not Phase.MORE:
-                    # Complete, or the client's turn: the sink acts before anything else comes.
-                    sink.server_packets(self, batch)
-                    batch = []
+                else:
+                    sink.server_packets(self, PacketRun.of(packet))
         except ProtocolError as exc:
             log.error("%r: %s", self, exc.message)
             self._fail(exc)
-        if batch and batch_sink is not None:
-            batch_sink.server_packets(self, batch)
 
     def _account(self, packet: Packet) -> Phase:
         """Follow the response `packet` belongs to; the phase it leaves the response in."""
@@ -280,13 +284,17 @@ class ServerConnection(asyncio.Protocol):
         if tracker.phase is Phase.CLIENT_TURN:
             raise ProtocolError("server packet while the server waits for the client")
         phase = tracker.server_packet(packet.payload)
+        self._accounted(tracker)
+        return phase
+
+    def _accounted(self, tracker: ResponseTracker) -> None:
+        """Take in the status a response's packets carried; note where it ended."""
         flags = tracker.status_flags
         if flags is not None:
             self.status = flags
-        if phase is Phase.DONE:
+        if tracker.phase is Phase.DONE:
             # Idle: whatever comes next is unsolicited, with any sequence id.
             self.reader.expected_sequence = None
-        return phase
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -366,10 +374,11 @@ class ServerConnection(asyncio.Protocol):
 
     def attach(self, sink: ServerSink) -> None:
         """Hand every server packet from now on to `sink`."""
-        if self._queue:
+        queued = list(self._queue)
+        self._queue.clear()
+        for packet, _ in queued:
             # Unsolicited packets that arrived while idle: the sink sees them first.
-            sink.server_packets(self, [packet for packet, _ in self._queue])
-            self._queue.clear()
+            sink.server_packets(self, PacketRun.of(packet))
         self._sink = sink
 
     def detach(self) -> None:
@@ -388,20 +397,15 @@ class ServerConnection(asyncio.Protocol):
             raise ValueError("a command packet has at least its command byte")
         if self.in_flight:
             raise RuntimeError(f"{self!r}: a command while the previous response is incomplete")
-        tracker = ResponseTracker(self._command_of(payload), self.capabilities)
+        code = payload[0]
+        # A COM_STMT_EXECUTE's flags say whether it opens a cursor, which changes where the
+        # response ends.
+        cursor = code == CommandByte.STMT_EXECUTE and execute_opens_cursor(payload)
+        tracker = ResponseTracker(code, self.capabilities, opens_cursor=cursor)
         self.tracker = tracker
         data, next_seq = encode_packets(payload, 0)
         self.reader.expected_sequence = None if tracker.phase is Phase.DONE else next_seq
         self._write(data)
-
-    def _command_of(self, payload: bytes) -> Command | int:
-        if payload[0] == CommandByte.STMT_EXECUTE:
-            # Its flags say whether it opens a cursor, which changes where the response ends.
-            try:
-                return decode_command(payload, self.capabilities)
-            except ProtocolError:
-                return payload[0]
-        return payload[0]
 
     def send_packet(self, payload: bytes, seq: int) -> None:
         """Write a follow-up packet of the current exchange with sequence id `seq` (LOCAL

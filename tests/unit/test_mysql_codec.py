@@ -16,6 +16,7 @@ import pytest
 
 from dbbalancer.mysql import codec
 from dbbalancer.mysql.codec import (
+    FAST_AUTH_SUCCESS,
     MAX_CHUNK,
     AuthMoreData,
     AuthSwitchRequest,
@@ -308,7 +309,7 @@ def test_auth_switch_request_from_change_user() -> None:
 
 
 def test_auth_more_data() -> None:
-    assert AuthMoreData.decode(b"\x01\x03") == AuthMoreData(AuthMoreData.FAST_AUTH_SUCCESS)
+    assert AuthMoreData.decode(b"\x01\x03") == AuthMoreData(FAST_AUTH_SUCCESS)
     with pytest.raises(ProtocolError, match="0x01"):
         AuthMoreData.decode(b"\x02")
 

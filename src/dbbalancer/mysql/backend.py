@@ -44,8 +44,10 @@ from dbbalancer.core.topology import Server
 from dbbalancer.mysql import auth
 from dbbalancer.mysql.codec import (
     CACHING_SHA2_PASSWORD,
+    FAST_AUTH_SUCCESS,
     MAX_CHUNK,
     MYSQL_NATIVE_PASSWORD,
+    PERFORM_FULL_AUTHENTICATION,
     AuthMoreData,
     AuthSwitchRequest,
     Capability,
@@ -118,6 +120,9 @@ UTF8MB4_GENERAL_CI: Final = 45  # known to every MySQL and MariaDB since 5.5
 CONNECT_ATTRS: Final = (("_client_name", "dbbalancer"),)
 _REQUEST_PUBLIC_KEY: Final = b"\x02"  # caching_sha2_password, over a connection without TLS
 _PLUGINS: Final = frozenset({MYSQL_NATIVE_PASSWORD, CACHING_SHA2_PASSWORD})
+# Tested after every response: plain ints (an IntFlag operation runs Python-level enum code).
+_IN_TRANS: Final = int(ServerStatus.IN_TRANS)
+_AUTOCOMMIT: Final = int(ServerStatus.AUTOCOMMIT)
 
 
 class ServerError(Exception):
@@ -218,12 +223,12 @@ class ServerConnection(asyncio.Protocol):
     @property
     def in_transaction(self) -> bool:
         """SERVER_STATUS_IN_TRANS of the last status the server sent."""
-        return bool(self.status & ServerStatus.IN_TRANS)
+        return bool(self.status & _IN_TRANS)
 
     @property
     def autocommit(self) -> bool:
         """SERVER_STATUS_AUTOCOMMIT of the last status the server sent."""
-        return bool(self.status & ServerStatus.AUTOCOMMIT)
+        return bool(self.status & _AUTOCOMMIT)
 
     @property
     def is_mariadb(self) -> bool:
@@ -608,9 +613,9 @@ async def _login(
             conn.write_login_packet(_scramble(plugin, password, nonce), reply)
         elif head == b"\x01" and plugin == CACHING_SHA2_PASSWORD:
             data = AuthMoreData.decode(payload).data
-            if data == AuthMoreData.FAST_AUTH_SUCCESS:
+            if data == FAST_AUTH_SUCCESS:
                 continue  # the OK follows
-            if data == AuthMoreData.PERFORM_FULL_AUTHENTICATION:
+            if data == PERFORM_FULL_AUTHENTICATION:
                 conn.write_login_packet(_REQUEST_PUBLIC_KEY, reply)
             elif data.startswith(b"-----BEGIN"):
                 secret = auth.caching_sha2_encrypt_password(password, nonce, data)

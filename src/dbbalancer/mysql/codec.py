@@ -46,13 +46,15 @@ import enum
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Final, TypeAlias
+from typing import Final, TypeAlias
 
 __all__ = [
     "CACHING_SHA2_PASSWORD",
     "DEFAULT_MAX_PAYLOAD",
+    "FAST_AUTH_SUCCESS",
     "MAX_CHUNK",
     "MYSQL_NATIVE_PASSWORD",
+    "PERFORM_FULL_AUTHENTICATION",
     "SUPPORTED_CAPABILITIES",
     "AuthMoreData",
     "AuthSwitchRequest",
@@ -1019,18 +1021,22 @@ class AuthSwitchResponse:
         return cls(payload)
 
 
+# caching_sha2_password's AuthMoreData: fast authentication succeeded (an OK follows), or the
+# client must perform the full authentication. Module constants, not ClassVars: mypyc takes a
+# ClassVar of a dataclass for a field (mypyc/mypyc#1122).
+FAST_AUTH_SUCCESS: Final = b"\x03"
+PERFORM_FULL_AUTHENTICATION: Final = b"\x04"
+
+
 @dataclass(frozen=True, slots=True)
 class AuthMoreData:
     """Protocol::AuthMoreData (0x01), server to client: plugin-specific data.
 
-    caching_sha2_password sends ``b"\\x03"`` (fast authentication succeeded, an OK follows),
-    ``b"\\x04"`` (perform full authentication) or a PEM public key.
+    caching_sha2_password sends :data:`FAST_AUTH_SUCCESS` (an OK follows),
+    :data:`PERFORM_FULL_AUTHENTICATION` or a PEM public key.
     """
 
     data: bytes
-
-    FAST_AUTH_SUCCESS: ClassVar[bytes] = b"\x03"
-    PERFORM_FULL_AUTHENTICATION: ClassVar[bytes] = b"\x04"
 
     def encode(self) -> bytes:
         """The packet payload."""
@@ -1981,6 +1987,12 @@ _TRANSITIONS.update(
     }
 )
 
+# Flags the tracker tests on every response, as plain ints: an IntFlag operation runs
+# Python-level enum code.
+_DEPRECATE_EOF: Final = int(Capability.DEPRECATE_EOF)
+_MORE_RESULTS: Final = int(ServerStatus.MORE_RESULTS_EXISTS)
+_CURSOR_EXISTS: Final = int(ServerStatus.CURSOR_EXISTS)
+
 _PHASE: Final[dict[_State, Phase]] = {
     _State.DONE: Phase.DONE,
     _State.INFILE: Phase.CLIENT_TURN,
@@ -2066,7 +2078,7 @@ class ResponseTracker:
             code = command_byte(command)
             self._cursor = isinstance(command, ComStmtExecute) and command.opens_cursor
         self._binary = code == CommandByte.STMT_EXECUTE or code == CommandByte.STMT_FETCH
-        self._deprecate_eof = bool(capabilities & Capability.DEPRECATE_EOF)
+        self._deprecate_eof = bool(capabilities & _DEPRECATE_EOF)
         state = _first_state(code)
         self._state = state
         self._phase = _PHASE.get(state, Phase.MORE)
@@ -2138,7 +2150,7 @@ class ResponseTracker:
                     self._left = payload[0]
                 else:
                     self._left = ColumnCount.decode(payload).count
-            elif kind is _Kind.OK and self._status(payload) & ServerStatus.MORE_RESULTS_EXISTS:
+            elif kind is _Kind.OK and self._status(payload) & _MORE_RESULTS:
                 nxt = _State.START
         elif state in _DEFINITIONS:
             self._left -= 1
@@ -2151,17 +2163,17 @@ class ResponseTracker:
         elif state is _State.PARAMS_EOF:
             nxt = self._prepared_columns()
         elif state is _State.COLUMNS_EOF:
-            if self._status(payload) & ServerStatus.CURSOR_EXISTS and self._cursor:
+            if self._status(payload) & _CURSOR_EXISTS and self._cursor:
                 nxt = _State.DONE
         elif state is _State.ROWS:
-            if kind is _Kind.EOF and self._status(payload) & ServerStatus.MORE_RESULTS_EXISTS:
+            if kind is _Kind.EOF and self._status(payload) & _MORE_RESULTS:
                 nxt = _State.START
         elif state in (_State.SIMPLE, _State.FIELD_LIST) and kind is not _Kind.DATA:
             self._status(payload)
         elif state is _State.AUTH:
             if kind is _Kind.OK:
                 self._status(payload)
-            elif kind is _Kind.MORE_DATA and payload[1:] == AuthMoreData.FAST_AUTH_SUCCESS:
+            elif kind is _Kind.MORE_DATA and payload[1:] == FAST_AUTH_SUCCESS:
                 nxt = _State.AUTH  # caching_sha2_password: the OK follows at once
         return self._enter(nxt)
 

@@ -339,9 +339,13 @@ class FieldType(enum.IntEnum):
 # Framing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Packet:
-    """One logical packet: the reassembled payload and the sequence ids it used on the wire."""
+    """One logical packet: the reassembled payload and the sequence ids it used on the wire.
+
+    Treat it as a value; it is not frozen because a frozen dataclass sets its fields through a
+    Python-level ``__setattr__``, which makes building one, for every client command, five
+    times slower (compiled: 0.5-0.8 µs instead of about 0.1 µs)."""
 
     sequence_id: int
     payload: bytes

@@ -124,7 +124,9 @@ class ClientSession(ConnectionPhase):
             if not self._forwarding:
                 self._inbox.put(self.reader)
                 return
-            for packet in self.reader:
+            reader = self.reader
+            # next() in a loop rather than iterating the reader: no generator per read.
+            while (packet := reader.next()) is not None:
                 self._client_packet(packet)
                 if self.closed:
                     return

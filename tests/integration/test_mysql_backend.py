@@ -31,6 +31,7 @@ from dbbalancer.mysql.codec import (
     ErrPacket,
     OkPacket,
     Packet,
+    PacketRun,
     Phase,
     decode_text_row,
 )
@@ -315,8 +316,8 @@ class Sink:
         self.done = asyncio.Event()
         self.client_turn = asyncio.Event()
 
-    def server_packets(self, conn: ServerConnection, packets: list[Packet]) -> None:
-        self.calls.append(packets)
+    def server_packets(self, conn: ServerConnection, run: PacketRun) -> None:
+        self.calls.append(run.packets())
         phase = conn.tracker.phase if conn.tracker is not None else Phase.DONE
         self.phases.append(phase)
         if phase is Phase.DONE:

@@ -344,3 +344,138 @@ def test_tracker_ends_a_text_result_at_its_terminator(
         phases = [tracker.server_packet(p) for p in packets]
         assert phases == [codec.Phase.MORE] * (len(packets) - 1) + [codec.Phase.DONE]
         assert tracker.status_flags == status
+
+
+# -- forwarding whole responses as runs of raw packets (PacketReader.take_response) ------------
+
+_COMMANDS = st.sampled_from(
+    [
+        codec.CommandByte.QUERY,
+        codec.CommandByte.STMT_EXECUTE,
+        codec.CommandByte.STMT_PREPARE,
+        codec.CommandByte.STMT_FETCH,
+        codec.CommandByte.FIELD_LIST,
+        codec.CommandByte.PING,
+        codec.CommandByte.STATISTICS,
+        codec.CommandByte.CHANGE_USER,
+    ]
+)
+# First bytes that mean something somewhere in a response, and a few that do not.
+_heads = st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x0C, 0x41, 0xFB, 0xFC, 0xFE, 0xFF])
+_payloads = st.builds(lambda head, tail: bytes((head,)) + tail, _heads, st.binary(max_size=14))
+
+
+def _result_set(
+    columns: int, rows: list[bytes], status: int, caps: int, binary: bool
+) -> list[bytes]:
+    column = ColumnDefinition41("s", "t", "t", "c", "c", 45, 10, codec.FieldType.VAR_STRING)
+    deprecate = bool(caps & Capability.DEPRECATE_EOF)
+    eof = codec.EofPacket(0, status).encode()
+    end = OkPacket(0, 0, status, 0, header=0xFE).encode(caps) if deprecate else eof
+    packets = [codec.ColumnCount(columns).encode()] + [column.encode()] * columns
+    if not deprecate:
+        packets.append(codec.EofPacket(0, status).encode())
+    prefix = b"\x00" if binary else b""
+    return packets + [prefix + row for row in rows] + [end]
+
+
+@st.composite
+def _responses(draw: st.DrawFn) -> tuple[int, int, bool, list[bytes]]:
+    """(command, capabilities, opens_cursor, payloads): a well-formed response, perhaps with
+    more results, or random packets after a well-formed start."""
+    caps = Capability.PROTOCOL_41 | (Capability.DEPRECATE_EOF if draw(st.booleans()) else 0)
+    command = draw(_COMMANDS)
+    binary = command == codec.CommandByte.STMT_EXECUTE
+    payloads: list[bytes] = []
+    for more in reversed(range(draw(st.integers(1, 3)))):
+        status = draw(u16) & ~ServerStatus.MORE_RESULTS_EXISTS & ~ServerStatus.CURSOR_EXISTS
+        if more:
+            status |= ServerStatus.MORE_RESULTS_EXISTS
+        rows = draw(st.lists(st.binary(max_size=30), max_size=6))
+        payloads += _result_set(draw(st.integers(1, 3)), rows, status, caps, binary)
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(payloads)))
+        payloads = payloads[:cut] + draw(st.lists(_payloads, max_size=8))
+    return command, int(caps), draw(st.booleans()), payloads
+
+
+def _stream(payloads: list[bytes]) -> bytes:
+    stream, seq = b"", 1
+    for payload in payloads:
+        data, seq = encode_packets(payload, seq)
+        stream += data
+    return stream
+
+
+def _outcome(tracker: ResponseTracker, reader: PacketReader) -> tuple[object, ...]:
+    return (
+        tracker.phase,
+        tracker.status_flags,
+        tracker.error,
+        tracker.result_sets,
+        tracker.prepare_ok,
+        reader.buffered,
+    )
+
+
+def _packet_by_packet(
+    stream: bytes, command: int, caps: int, cursor: bool
+) -> tuple[object, ...] | str:
+    reader = PacketReader(expected_sequence=1)
+    reader.feed(stream)
+    tracker = ResponseTracker(command, caps, opens_cursor=cursor)
+    try:
+        while tracker.phase is codec.Phase.MORE and (packet := reader.next()) is not None:
+            tracker.server_packet(packet.payload)
+    except ProtocolError:
+        return "error"
+    return _outcome(tracker, reader)
+
+
+@SETTINGS
+@given(_responses(), st.lists(st.integers(0, 10**6), max_size=6))
+def test_runs_account_a_response_as_packet_by_packet(
+    response: tuple[int, int, bool, list[bytes]], cuts: list[int]
+) -> None:
+    """Taking a response as runs of raw packets (any chunking) ends it where decoding packet
+    by packet does, with the same status, error and counts, and forwards exactly its bytes."""
+    command, caps, cursor, payloads = response
+    stream = _stream(payloads)
+    expected = _packet_by_packet(stream, command, caps, cursor)
+    reader = PacketReader(expected_sequence=1)
+    tracker = ResponseTracker(command, caps, opens_cursor=cursor)
+    runs: list[codec.PacketRun] = []
+    try:
+        for piece in _split(stream, cuts):
+            reader.feed(piece)
+            while tracker.phase is codec.Phase.MORE:
+                run = reader.take_response(tracker)
+                if run is None:
+                    break
+                runs.append(run)
+    except ProtocolError:
+        assert expected == "error"
+        return
+    assert _outcome(tracker, reader) == expected
+    forwarded = b"".join(run.data for run in runs)
+    assert forwarded == stream[: len(stream) - reader.buffered]
+    packets = [p for run in runs for p in run.packets()]
+    assert [p.payload for p in packets] == payloads[: len(packets)]
+    for run in runs:
+        assert run.last_payload == run.packets()[-1].payload
+        assert run.head + encode_packets(run.last_payload, run.last_sequence_id)[0] == run.data
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=6), u8, u8)
+def test_renumber_shifts_every_chunk(payloads: list[bytes], first: int, start: int) -> None:
+    stream, seq = b"", first
+    for payload in payloads:
+        data, seq = encode_packets(payload, seq)
+        stream += data
+    again, nxt = codec.renumber(stream, start)
+    reader = PacketReader(expected_sequence=start)
+    reader.feed(again)
+    assert [p.payload for p in reader] == payloads
+    assert nxt == (start + len(payloads)) & 0xFF
+    assert (again is stream) == (first == start)

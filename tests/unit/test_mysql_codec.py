@@ -16,6 +16,7 @@ import pytest
 
 from dbbalancer.mysql import codec
 from dbbalancer.mysql.codec import (
+    FAST_AUTH_SUCCESS,
     MAX_CHUNK,
     AuthMoreData,
     AuthSwitchRequest,
@@ -308,7 +309,7 @@ def test_auth_switch_request_from_change_user() -> None:
 
 
 def test_auth_more_data() -> None:
-    assert AuthMoreData.decode(b"\x01\x03") == AuthMoreData(AuthMoreData.FAST_AUTH_SUCCESS)
+    assert AuthMoreData.decode(b"\x01\x03") == AuthMoreData(FAST_AUTH_SUCCESS)
     with pytest.raises(ProtocolError, match="0x01"):
         AuthMoreData.decode(b"\x02")
 
@@ -489,6 +490,69 @@ def test_tracker_ends_exactly_where_the_server_fell_silent(session: str) -> None
             assert tracker.server_packet(after) is Phase.DONE
         else:
             assert phases[-1] is Phase.DONE, command
+
+
+@pytest.mark.parametrize("session", SESSIONS)
+def test_recorded_responses_forwarded_as_runs(session: str) -> None:
+    """Each recorded response, taken as one run of raw packets, is the server's bytes as they
+    were, and ends where the packet-by-packet tracker ends it."""
+    caps = RECORD[session]["capabilities"]
+    for exchange in _exchanges(session):
+        command = decode_command(bytes.fromhex(exchange["command"]), caps)
+        responses = [bytes.fromhex(r) for r in exchange["responses"]]
+        if not responses or "client_reply" in exchange:
+            continue
+        stream, seq = b"", 1
+        for payload in responses:
+            data, seq = codec.encode_packets(payload, seq)
+            stream += data
+        reader = PacketReader(expected_sequence=1)
+        reader.feed(stream)
+        tracker = ResponseTracker(command, caps)
+        run = reader.take_response(tracker)
+        assert run is not None
+        assert run.data == stream, command
+        assert (run.first_sequence_id, run.last_sequence_id) == (1, len(responses))
+        assert run.last_payload == responses[-1]
+        assert tracker.phase is Phase.DONE
+        assert reader.expected_sequence == (len(responses) + 1) & 0xFF
+        assert reader.take_response(ResponseTracker(command, caps)) is None
+
+
+def test_runs_leave_16mb_packets_to_next() -> None:
+    caps = Capability.PROTOCOL_41 | Capability.DEPRECATE_EOF
+    big = b"\xfc\xff\xff" + b"x" * MAX_CHUNK  # one text column of 16 MB + 2 bytes
+    payloads = [b"\x01", ColumnDefinition41("", "", "", "x", "", 45, 1, 253).encode()]
+    payloads += [b"\x01a", big, b"\x01b", OkPacket(0, 0, 2, 0, header=0xFE).encode(caps)]
+    stream, seq = b"", 1
+    for payload in payloads:
+        data, seq = codec.encode_packets(payload, seq)
+        stream += data
+    reader = PacketReader(expected_sequence=1)
+    reader.feed(stream)
+    tracker = ResponseTracker(ComQuery(b"SELECT"), caps)
+    first = reader.take_response(tracker)
+    assert first is not None
+    assert first.packets()[-1].payload == b"\x01a"
+    assert reader.take_response(tracker) is None  # a continuation chunk comes next
+    packet = reader.next()
+    assert packet is not None
+    assert packet.payload == big
+    assert tracker.server_packet(packet.payload) is Phase.MORE
+    again = codec.PacketRun.of(packet).data  # framed as the server framed it
+    assert again == stream[len(first.data) : len(first.data) + len(again)]
+    rest = reader.take_response(tracker)
+    assert rest is not None
+    assert rest.first_sequence_id == packet.last_sequence_id + 1
+    assert tracker.phase is Phase.DONE
+    assert tracker.status_flags == 2
+
+
+def test_execute_opens_cursor_reads_the_flags_byte() -> None:
+    for flags in range(8):
+        payload = ComStmtExecute(7, flags).encode()
+        assert codec.execute_opens_cursor(payload) == ComStmtExecute(7, flags).opens_cursor
+    assert not codec.execute_opens_cursor(b"\x17\x01\x00\x00\x00")
 
 
 def test_tracker_counts_results_and_reads_final_status() -> None:

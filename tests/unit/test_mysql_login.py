@@ -11,7 +11,9 @@ from dbbalancer.config import AuthMethod, UserConfig
 from dbbalancer.mysql import auth
 from dbbalancer.mysql.codec import (
     CACHING_SHA2_PASSWORD,
+    FAST_AUTH_SUCCESS,
     MYSQL_NATIVE_PASSWORD,
+    PERFORM_FULL_AUTHENTICATION,
     AuthMoreData,
     AuthSwitchRequest,
     Capability,
@@ -130,7 +132,7 @@ def test_auth_switch_then_caching_sha2_fast_path() -> None:
     assert machine.state is LoginState.SWITCHED
     done = machine.receive(auth.caching_sha2_scramble("pw", switch.nonce))
     assert done.accepted is not None
-    assert done.packets[0] == AuthMoreData(AuthMoreData.FAST_AUTH_SUCCESS).encode()
+    assert done.packets[0] == AuthMoreData(FAST_AUTH_SUCCESS).encode()
 
 
 def test_native_client_of_a_sha2_user_without_plugin_auth_is_switched() -> None:
@@ -143,7 +145,7 @@ def test_native_client_of_a_sha2_user_without_plugin_auth_is_switched() -> None:
 
 def full_auth(machine: ClientLogin, user: str = "sha2") -> None:
     reply = machine.receive(response(user, b"\x01" * 32, CACHING_SHA2_PASSWORD))
-    assert reply.packets == (AuthMoreData(AuthMoreData.PERFORM_FULL_AUTHENTICATION).encode(),)
+    assert reply.packets == (AuthMoreData(PERFORM_FULL_AUTHENTICATION).encode(),)
     assert machine.state is LoginState.FULL_AUTH
 
 

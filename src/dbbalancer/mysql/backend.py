@@ -16,9 +16,11 @@ A logged-in `ServerConnection` then runs in one of two modes:
 
 * **conversation** (probes, resets): `query`, `query_sets`, `ping`, `reset` send one command
   and await its whole response.
-* **forwarding** (attached to a client session): after `attach(sink)` every whole server packet
-  (16 MB continuations joined, sequence ids checked) goes to `sink.server_packets` as it
-  arrives; `send_command` and `send_packet` write the client's packets. The connection follows
+* **forwarding** (attached to a client session): after `attach(sink)` the server's whole
+  packets (sequence ids checked) go to `sink.server_packets` as they arrive, as runs of raw
+  bytes (`codec.PacketRun`: what one read brought of a response, up to its end), which the
+  sink writes on as they are; `send_command` and `send_packet` write the client's packets.
+  Rows and definitions are only counted, never decoded. The connection follows
   each command's response with a `codec.ResponseTracker` (`conn.tracker`), set up by
   `send_command`, so `conn.tracker.phase` tells the sink when a response is complete
   (`Phase.DONE`) or waits for the client (`Phase.CLIENT_TURN`: LOCAL INFILE data, an
@@ -44,14 +46,15 @@ from dbbalancer.core.topology import Server
 from dbbalancer.mysql import auth
 from dbbalancer.mysql.codec import (
     CACHING_SHA2_PASSWORD,
+    FAST_AUTH_SUCCESS,
     MAX_CHUNK,
     MYSQL_NATIVE_PASSWORD,
+    PERFORM_FULL_AUTHENTICATION,
     AuthMoreData,
     AuthSwitchRequest,
     Capability,
     ColumnCount,
     ColumnDefinition41,
-    Command,
     CommandByte,
     ComPing,
     ComQuery,
@@ -63,13 +66,14 @@ from dbbalancer.mysql.codec import (
     OkPacket,
     Packet,
     PacketReader,
+    PacketRun,
     Phase,
     ProtocolError,
     ResponseTracker,
     ServerStatus,
-    decode_command,
     decode_text_row,
     encode_packets,
+    execute_opens_cursor,
     negotiate,
 )
 from dbbalancer.mysql.errors import class_of
@@ -120,6 +124,9 @@ _REQUEST_PUBLIC_KEY: Final = b"\x02"  # caching_sha2_password, over a connection
 # Plugins the first answer may use; a server switches to the others (`_SWITCH_PLUGINS`).
 _PLUGINS: Final = frozenset({MYSQL_NATIVE_PASSWORD, CACHING_SHA2_PASSWORD})
 _SWITCH_PLUGINS: Final = _PLUGINS | {auth.CLIENT_ED25519}
+# Tested after every response: plain ints (an IntFlag operation runs Python-level enum code).
+_IN_TRANS: Final = int(ServerStatus.IN_TRANS)
+_AUTOCOMMIT: Final = int(ServerStatus.AUTOCOMMIT)
 
 
 class ServerError(Exception):
@@ -148,9 +155,10 @@ class ConnectionClosed(Exception):
 class ServerSink(Protocol):
     """The client side of a forwarding server connection (see `ServerConnection.attach`)."""
 
-    def server_packets(self, conn: ServerConnection, packets: list[Packet]) -> None:
-        """Whole server packets, in order. One call never holds packets of two responses: the
-        last packet of a call may end the response (`conn.tracker.phase` says so)."""
+    def server_packets(self, conn: ServerConnection, run: PacketRun) -> None:
+        """Whole server packets, in order, as the server framed them. One call never holds
+        packets of two responses: the last packet of a run may end the response
+        (`conn.tracker.phase` says so)."""
 
     def server_lost(self, conn: ServerConnection) -> None:
         """The server connection closed or broke while attached."""
@@ -222,12 +230,12 @@ class ServerConnection(asyncio.Protocol):
     @property
     def in_transaction(self) -> bool:
         """SERVER_STATUS_IN_TRANS of the last status the server sent."""
-        return bool(self.status & ServerStatus.IN_TRANS)
+        return bool(self.status & _IN_TRANS)
 
     @property
     def autocommit(self) -> bool:
         """SERVER_STATUS_AUTOCOMMIT of the last status the server sent."""
-        return bool(self.status & ServerStatus.AUTOCOMMIT)
+        return bool(self.status & _AUTOCOMMIT)
 
     @property
     def is_mariadb(self) -> bool:
@@ -245,12 +253,23 @@ class ServerConnection(asyncio.Protocol):
         self._closed_waiter = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        batch: list[Packet] = []
-        batch_sink: ServerSink | None = None
+        reader = self.reader
         try:
-            self.reader.feed(data)
+            reader.feed(data)
             while True:
-                packet = self.reader.next()
+                sink = self._sink
+                tracker = self.tracker
+                if sink is not None and tracker is not None and tracker.phase is Phase.MORE:
+                    # The fast path: the response's whole packets as one run of raw bytes. A
+                    # run ends where the response does or gives the client its turn: the
+                    # sink acts (and may send the next command) before anything else comes.
+                    run = reader.take_response(tracker)
+                    if run is not None:
+                        self._accounted(tracker)
+                        sink.server_packets(self, run)
+                        continue
+                # A 16 MB packet, an unsolicited one, the login, a conversation.
+                packet = reader.next()
                 if packet is None:
                     break
                 phase = self._account(packet)
@@ -258,21 +277,11 @@ class ServerConnection(asyncio.Protocol):
                 if sink is None:
                     self._queue.append((packet, phase))
                     self._wake()
-                    continue
-                if batch and batch_sink is not None and batch_sink is not sink:
-                    batch_sink.server_packets(self, batch)
-                    batch = []
-                batch_sink = sink
-                batch.append(packet)
-                if phase is not Phase.MORE:
-                    # Complete, or the client's turn: the sink acts before anything else comes.
-                    sink.server_packets(self, batch)
-                    batch = []
+                else:
+                    sink.server_packets(self, PacketRun.of(packet))
         except ProtocolError as exc:
             log.error("%r: %s", self, exc.message)
             self._fail(exc)
-        if batch and batch_sink is not None:
-            batch_sink.server_packets(self, batch)
 
     def _account(self, packet: Packet) -> Phase:
         """Follow the response `packet` belongs to; the phase it leaves the response in."""
@@ -287,13 +296,17 @@ class ServerConnection(asyncio.Protocol):
         if tracker.phase is Phase.CLIENT_TURN:
             raise ProtocolError("server packet while the server waits for the client")
         phase = tracker.server_packet(packet.payload)
+        self._accounted(tracker)
+        return phase
+
+    def _accounted(self, tracker: ResponseTracker) -> None:
+        """Take in the status a response's packets carried; note where it ended."""
         flags = tracker.status_flags
         if flags is not None:
             self.status = flags
-        if phase is Phase.DONE:
+        if tracker.phase is Phase.DONE:
             # Idle: whatever comes next is unsolicited, with any sequence id.
             self.reader.expected_sequence = None
-        return phase
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -373,10 +386,11 @@ class ServerConnection(asyncio.Protocol):
 
     def attach(self, sink: ServerSink) -> None:
         """Hand every server packet from now on to `sink`."""
-        if self._queue:
+        queued = list(self._queue)
+        self._queue.clear()
+        for packet, _ in queued:
             # Unsolicited packets that arrived while idle: the sink sees them first.
-            sink.server_packets(self, [packet for packet, _ in self._queue])
-            self._queue.clear()
+            sink.server_packets(self, PacketRun.of(packet))
         self._sink = sink
 
     def detach(self) -> None:
@@ -395,20 +409,15 @@ class ServerConnection(asyncio.Protocol):
             raise ValueError("a command packet has at least its command byte")
         if self.in_flight:
             raise RuntimeError(f"{self!r}: a command while the previous response is incomplete")
-        tracker = ResponseTracker(self._command_of(payload), self.capabilities)
+        code = payload[0]
+        # A COM_STMT_EXECUTE's flags say whether it opens a cursor, which changes where the
+        # response ends.
+        cursor = code == CommandByte.STMT_EXECUTE and execute_opens_cursor(payload)
+        tracker = ResponseTracker(code, self.capabilities, opens_cursor=cursor)
         self.tracker = tracker
         data, next_seq = encode_packets(payload, 0)
         self.reader.expected_sequence = None if tracker.phase is Phase.DONE else next_seq
         self._write(data)
-
-    def _command_of(self, payload: bytes) -> Command | int:
-        if payload[0] == CommandByte.STMT_EXECUTE:
-            # Its flags say whether it opens a cursor, which changes where the response ends.
-            try:
-                return decode_command(payload, self.capabilities)
-            except ProtocolError:
-                return payload[0]
-        return payload[0]
 
     def send_packet(self, payload: bytes, seq: int) -> None:
         """Write a follow-up packet of the current exchange with sequence id `seq` (LOCAL
@@ -637,9 +646,9 @@ async def _login(
             conn.write_login_packet(_switch_answer(switch, password), reply)
         elif head == b"\x01" and plugin == CACHING_SHA2_PASSWORD:
             data = AuthMoreData.decode(payload).data
-            if data == AuthMoreData.FAST_AUTH_SUCCESS:
+            if data == FAST_AUTH_SUCCESS:
                 continue  # the OK follows
-            if data == AuthMoreData.PERFORM_FULL_AUTHENTICATION:
+            if data == PERFORM_FULL_AUTHENTICATION:
                 conn.write_login_packet(_REQUEST_PUBLIC_KEY, reply)
             elif data.startswith(b"-----BEGIN"):
                 secret = auth.caching_sha2_encrypt_password(password, nonce, data)

@@ -67,9 +67,6 @@ __all__ = ["TxEngine"]
 
 log = logging.getLogger(__name__)
 
-_S = UnitState
-_E = UnitEvent
-_F = Effect
 # Commands that get no response: with no connection held they concern nothing on a server.
 _NO_RESPONSE: Final = frozenset({CommandByte.STMT_CLOSE, CommandByte.STMT_SEND_LONG_DATA})
 # Commands that change nothing in the server session (a reset is not needed after them).
@@ -85,7 +82,9 @@ _STATELESS: Final = frozenset(
         CommandByte.STATISTICS,
     }
 )
-_BUSY_STATES: Final = frozenset({_S.ACQUIRING, _S.HOLDING, _S.SEALED, _S.SETTLING})
+_BUSY_STATES: Final = frozenset(
+    {UnitState.ACQUIRING, UnitState.HOLDING, UnitState.SEALED, UnitState.SETTLING}
+)
 # MariaDB sequence functions that leave the session a value for LASTVAL() / PREVIOUS VALUE FOR,
 # which a direct connection that never used the sequence answers with NULL.
 _SEQUENCE_STEPS: Final = frozenset({"nextval", "next value for", "setval"})
@@ -116,7 +115,7 @@ class TxEngine:
         self.session = session
         self.cluster = cluster
         self.state = state
-        self.unit = _S.IDLE
+        self.unit = UnitState.IDLE
         self.read_your_writes = cluster.config.read_your_writes
         self.backlog: collections.deque[Packet] = collections.deque()
         self.packet: Packet | None = None  # the client command an effect works on
@@ -153,49 +152,50 @@ class TxEngine:
             self._do(effect, event)
 
     def _do(self, effect: Effect, event: UnitEvent) -> None:
-        if effect is _F.WAIT or effect is _F.WAIT_OR_ANSWER:
-            self._wait(answer=effect is _F.WAIT_OR_ANSWER)
-        elif effect is _F.ROUTE:
+        if effect is Effect.WAIT or effect is Effect.WAIT_OR_ANSWER:
+            self._wait(answer=effect is Effect.WAIT_OR_ANSWER)
+        elif effect is Effect.ROUTE:
             self.checkout.route()
-        elif effect is _F.SEND:
+        elif effect is Effect.SEND:
             self._send()
-        elif effect is _F.RECORD:
+        elif effect is Effect.RECORD:
             self.recorded = self.packet
-        elif effect is _F.TERMINATE:
+        elif effect is Effect.TERMINATE:
             self.session.quit()
-        elif effect is _F.ATTACH:
+        elif effect is Effect.ATTACH:
             self.checkout.attach()
-        elif effect is _F.SEND_BACKLOG:
+        elif effect is Effect.SEND_BACKLOG:
             self._send_backlog()
-        elif effect is _F.AWAIT_CONNECTION:
+        elif effect is Effect.AWAIT_CONNECTION:
             self.session.service.spawn(self.checkout.acquire())
-        elif effect is _F.RESUME_READING or effect is _F.DRAIN:
+        elif effect is Effect.RESUME_READING or effect is Effect.DRAIN:
             self.session.engine_ready()
-        elif effect is _F.FAIL_UNIT:
+        elif effect is Effect.FAIL_UNIT:
             self.checkout.fail_unit()
-        elif effect is _F.RELEASE_UNUSED:
+        elif effect is Effect.RELEASE_UNUSED:
             self.checkout.release_unused()
-        elif effect is _F.RERUN_ON_PRIMARY:
+        elif effect is Effect.RERUN_ON_PRIMARY:
             self.checkout.rerun(primary=True)
-        elif effect is _F.RERUN_ELSEWHERE:
+        elif effect is Effect.RERUN_ELSEWHERE:
             self.checkout.rerun(primary=False)
-        elif effect is _F.FAIL_LOST:
+        elif effect is Effect.FAIL_LOST:
             self.checkout.fail_lost()
-        elif effect is _F.SETTLE or effect is _F.ASK_POSITION:
-            if self.unit is _S.SETTLING and not self.hidden_running:
+        elif effect is Effect.SETTLE or effect is Effect.ASK_POSITION:
+            if self.unit is UnitState.SETTLING and not self.hidden_running:
                 self.hidden_running = True
                 self.session.service.spawn(self._hidden())
-        elif effect is _F.KEEP:
-            log.debug("%r: keeps its connection: %s", self.session, self.state.pin_reasons())
-        elif effect is _F.RELEASE or effect is _F.RESET_AND_RELEASE:
+        elif effect is Effect.KEEP:
+            if log.isEnabledFor(logging.DEBUG):  # pin_reasons() on every pinned command costs
+                log.debug("%r: keeps its connection: %s", self.session, self.state.pin_reasons())
+        elif effect is Effect.RELEASE or effect is Effect.RESET_AND_RELEASE:
             self.checkout.release()
-        elif effect is _F.GIVE_BACK:
+        elif effect is Effect.GIVE_BACK:
             if not self.hidden_running:
                 # Else the hidden request owns the connection: `_hidden` gives it back once
                 # answered. Pooled now, its answer would reach the next client as a response.
                 self.checkout.release()
             self.checkout.release_unused()
-        elif effect is _F.LEARN or effect is _F.FLUSH:
+        elif effect is Effect.LEARN or effect is Effect.FLUSH:
             pass
         else:
             log.warning("%r: %s after %s in %s", self.session, effect.name, event.name, self.unit)
@@ -215,17 +215,17 @@ class TxEngine:
         if self.statements is not None:
             packet = self.statements.command(packet)
         self.packet = packet
-        self.fire(_E.QUERY)
+        self.fire(UnitEvent.QUERY)
 
     def terminate(self) -> None:
         """COM_QUIT."""
-        self.fire(_E.TERMINATE)
+        self.fire(UnitEvent.TERMINATE)
 
     def close(self) -> None:
         """The client is gone."""
         if self.statements is not None:
             self.statements.client_gone()
-        self.fire(_E.CLOSE)
+        self.fire(UnitEvent.CLOSE)
 
     def _wait(self, *, answer: bool) -> None:
         packet = self.packet
@@ -275,7 +275,7 @@ class TxEngine:
             if self.preparing or self.ids.restoring or (conn is not None and conn.in_flight):
                 return
             self.packet = self.backlog.popleft()
-            self.fire(_E.QUERY)
+            self.fire(UnitEvent.QUERY)
 
     def _send(self) -> None:
         packet, conn = self.packet, self.conn
@@ -297,7 +297,7 @@ class TxEngine:
 
     def _write(self, packet: Packet, conn: ServerConnection) -> None:
         if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
-            self.fire(_E.LOST)
+            self.fire(UnitEvent.LOST)
             return
         statements = self.statements
         if statements is not None and packet.payload[0] in _MAPPED:
@@ -330,7 +330,7 @@ class TxEngine:
             log.info("%r: restoring the last insert id failed (%s)", self.session, exc)
             conn.mark_broken()
         self.ids.restoring = False
-        if self.unit is _S.CLOSED or self.conn is not conn:
+        if self.unit is UnitState.CLOSED or self.conn is not conn:
             return  # the client left meanwhile: the connection went back or was dropped
         if not conn.broken:
             conn.attach(self.session)
@@ -353,9 +353,9 @@ class TxEngine:
             and tracker.result_sets == 0
             and class_of(tracker.error.errno) is ErrorClass.READ_ONLY
         ):
-            self.fire(_E.READ_ONLY_REFUSAL)
+            self.fire(UnitEvent.READ_ONLY_REFUSAL)
             return False
-        self.fire(_E.ROWS_SENT)
+        self.fire(UnitEvent.ROWS_SENT)
         return True
 
     def response_done(self, conn: ServerConnection, last: bytes = b"") -> None:
@@ -439,7 +439,7 @@ class TxEngine:
             read_back = state.read_back_sql() is not None or self.ids.unread is conn
             ask = self.read_your_writes and self.wrote and not in_tx
         # Autocommit off as tracked is replayed on the next connection; untracked, it pins.
-        pinned = state.pinned or not (conn.status & ServerStatus.AUTOCOMMIT or state.autocommit_off)
+        pinned = state.pinned or not (conn.autocommit or state.autocommit_off)
         if not in_tx and not read_back and not ask:
             self.checkout.force_primary = False
         return work_done(
@@ -483,7 +483,7 @@ class TxEngine:
         except Exception as exc:
             log.info("%r: end-of-unit request failed (%s)", self.session, exc)
             conn.mark_broken()
-        if self.unit is _S.CLOSED:
+        if self.unit is UnitState.CLOSED:
             self.hidden_running = False
             self.checkout.release()
             return
@@ -502,7 +502,7 @@ class TxEngine:
         """The server connection broke under this client."""
         if conn is not self.conn:
             return
-        self.fire(_E.LOST)
+        self.fire(UnitEvent.LOST)
 
     def __repr__(self) -> str:
         return f"<TxEngine {self.session!r} {self.unit.name}>"

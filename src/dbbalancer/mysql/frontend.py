@@ -48,8 +48,10 @@ from dbbalancer.mysql.codec import (
     ErrPacket,
     OkPacket,
     Packet,
+    PacketRun,
     Phase,
     ProtocolError,
+    renumber,
 )
 from dbbalancer.mysql.engine import TxEngine
 from dbbalancer.mysql.sessionstate import MySessionState
@@ -123,7 +125,9 @@ class ClientSession(ConnectionPhase):
             if not self._forwarding:
                 self._inbox.put(self.reader)
                 return
-            for packet in self.reader:
+            reader = self.reader
+            # next() in a loop rather than iterating the reader: no generator per read.
+            while (packet := reader.next()) is not None:
                 self._client_packet(packet)
                 if self.closed:
                     return
@@ -301,8 +305,9 @@ class ClientSession(ConnectionPhase):
 
     # ServerSink: called by the attached ServerConnection.
 
-    def server_packets(self, conn: ServerConnection, packets: list[Packet]) -> None:
-        """Relay a server's packets, renumbered for the client; act at the response's end."""
+    def server_packets(self, conn: ServerConnection, run: PacketRun) -> None:
+        """Relay a server's packets as they are (renumbered only when the client's sequence
+        ids differ); act at the response's end."""
         if conn is not self.server or self.closed:
             return
         tracker = conn.tracker
@@ -311,22 +316,22 @@ class ClientSession(ConnectionPhase):
         if engine is not None and engine.holding() and not engine.first_packets(conn):
             return  # a read-only refusal of a replica read: re-run on the primary
         if engine is not None and engine.statements is not None and engine.statements.reply_id:
-            packets = engine.statements.renumbered(packets)  # COM_STMT_PREPARE_OK: client's id
+            run = engine.statements.renumbered(run)  # COM_STMT_PREPARE_OK: the client's id
         if self._swallow is None:
-            if phase is Phase.CLIENT_TURN and packets[-1].payload[:1] == bytes(
+            if phase is Phase.CLIENT_TURN and run.last_payload[:1] == bytes(
                 (_LOCAL_INFILE_REQUEST,)
             ):
-                self._send([p.payload for p in packets[:-1]])
-                self._local_infile(conn, packets[-1])
+                self._relay(run.head)
+                self._local_infile(conn, run)
                 return
-            self._send([p.payload for p in packets])
+            self._relay_run(run)
         if phase is Phase.DONE:
             swallowed = self._swallow
             if swallowed is not None:
                 self._swallow = None
                 self._send((swallowed.encode(),))
             if engine is not None:
-                engine.response_done(conn, packets[-1].payload)
+                engine.response_done(conn, run.last_payload)
             self._next_queued()
         elif phase is Phase.CLIENT_TURN:
             # Only LOCAL INFILE gives the client a turn in forwarding: COM_CHANGE_USER is
@@ -334,15 +339,35 @@ class ClientSession(ConnectionPhase):
             conn.mark_broken()
             self._fail(ErrorCode.PROTOCOL_VIOLATION, "unexpected authentication round")
 
-    def _local_infile(self, conn: ServerConnection, request: Packet) -> None:
-        """The server asks for a file: relay the request, or refuse it with an empty file."""
-        self._server_seq = (request.last_sequence_id + 1) & 0xFF
+    def _relay_run(self, run: PacketRun) -> None:
+        """Write a run of server packets, numbered on from the client's sequence id."""
+        if run.first_sequence_id != self._client_seq:
+            self._relay(run.data)
+            return
+        # The usual case: the client numbered its command as the proxy did, so the server's
+        # ids are those the client expects; a run's ids are consecutive.
+        self._client_seq = (run.last_sequence_id + 1) & 0xFF
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(run.data)
+
+    def _relay(self, data: bytes) -> None:
+        """Write whole server packets, numbered on from the client's sequence id."""
+        data, self._client_seq = renumber(data, self._client_seq)
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _local_infile(self, conn: ServerConnection, run: PacketRun) -> None:
+        """The server asks for a file (the last packet of `run`): relay the request, or
+        refuse it with an empty file."""
+        self._server_seq = (run.last_sequence_id + 1) & 0xFF
         cluster = self.cluster
         done = self.logged_in
         allowed = cluster is not None and cluster.config.local_infile
         client_can = done is not None and bool(done.capabilities & Capability.LOCAL_FILES)
         if allowed and client_can:
-            self._send((request.payload,))
+            self._send((run.last_payload,))
             self._infile = True
             return
         why = (

@@ -43,7 +43,9 @@ from dbbalancer.core.errors import ErrorCode
 from dbbalancer.mysql import auth
 from dbbalancer.mysql.codec import (
     CACHING_SHA2_PASSWORD,
+    FAST_AUTH_SUCCESS,
     MYSQL_NATIVE_PASSWORD,
+    PERFORM_FULL_AUTHENTICATION,
     AuthMoreData,
     AuthSwitchRequest,
     Capability,
@@ -329,9 +331,9 @@ class ClientLogin:
             return self._accept(attempt)
         stored = auth.caching_sha2_stored(password or secrets.token_hex(16))
         if password and auth.caching_sha2_verify(data, self.nonce, stored):
-            return self._accept(attempt, AuthMoreData(AuthMoreData.FAST_AUTH_SUCCESS).encode())
+            return self._accept(attempt, AuthMoreData(FAST_AUTH_SUCCESS).encode())
         self.state = LoginState.FULL_AUTH
-        return Reply((AuthMoreData(AuthMoreData.PERFORM_FULL_AUTHENTICATION).encode(),))
+        return Reply((AuthMoreData(PERFORM_FULL_AUTHENTICATION).encode(),))
 
     def _accept(self, attempt: _Attempt, *before: bytes) -> Reply:
         user = attempt.user

@@ -32,6 +32,7 @@ from dbbalancer.mysql.codec import (
     ComStmtPrepare,
     ErrPacket,
     Packet,
+    PacketRun,
     ResponseTracker,
     StmtPrepareOk,
 )
@@ -221,14 +222,12 @@ class StatementRemapper:
 
     # -- responses --------------------------------------------------------------------------
 
-    def renumbered(self, packets: list[Packet]) -> list[Packet]:
+    def renumbered(self, run: PacketRun) -> PacketRun:
         """The first packets of a COM_STMT_PREPARE response, its statement id the client's."""
         number, self.reply_id = self.reply_id, 0
-        first = packets[0]
-        return [
-            dataclasses.replace(first, payload=renumbered(first.payload, number)),
-            *packets[1:],
-        ]
+        data = run.data
+        size = data[0] | data[1] << 8 | data[2] << 16
+        return run.with_first_payload(renumbered(data[4 : 4 + size], number))
 
     def prepared(self, conn: ServerConnection, ok: StmtPrepareOk) -> int:
         """The client's COM_STMT_PREPARE succeeded: its statement is recorded, and so is the

@@ -31,6 +31,7 @@ from dbbalancer.mysql.codec import (
     ErrPacket,
     Packet,
     PacketReader,
+    PacketRun,
     ProtocolError,
     decode_command,
     encode_packets,
@@ -455,7 +456,7 @@ class ConnectionPhase(asyncio.Protocol):
 
     # ServerSink (backend.ServerConnection.attach), implemented by the command phase.
 
-    def server_packets(self, conn: ServerConnection, packets: list[Packet]) -> None:
+    def server_packets(self, conn: ServerConnection, run: PacketRun) -> None:
         """Packets of the attached server's response."""
         raise NotImplementedError
 

@@ -476,3 +476,39 @@ def test_change_user_under_transaction_pooling_resets_the_session_as_the_server_
             assert refused.value.errno == 1045
         finally:
             conn.close()
+
+
+def test_the_previous_statements_outcome_is_never_another_clients(
+    balancer: BalancerThread,
+) -> None:
+    """pool_size = 1: a client's first question about "the previous statement" (ROW_COUNT(),
+    FOUND_ROWS(), warnings) runs on the connection another client just used; it must not
+    answer with that client's row counts and warnings (5 rows changed, 5 found, 2 warnings):
+    the connection is reset first, so the answer is a fresh session's, whatever came before."""
+    question = "SELECT ROW_COUNT(), FOUND_ROWS(), @@warning_count"
+    answers = []
+    with connect(balancer) as a:
+        run(a, "CREATE TABLE IF NOT EXISTS pool_diag (v INT)")
+        run(a, "DELETE FROM pool_diag")
+        run(a, "INSERT INTO pool_diag VALUES (1), (2), (3), (4), (5)")
+        for other in (
+            "UPDATE pool_diag SET v = v + 1",
+            "SELECT SQL_CALC_FOUND_ROWS v FROM pool_diag LIMIT 2",
+            "SELECT CAST('x' AS INT), CAST('y' AS INT) FROM pool_diag LIMIT 1",
+        ):
+            run(a, other)
+            with connect(balancer) as b, b.cursor() as cur:
+                cur.execute(question)
+                answers.append(cur.fetchall()[0])
+    assert answers[0] == answers[1] == answers[2], answers
+    row_count, found_rows, warnings = answers[0]
+    assert (row_count, found_rows, warnings) != (5, 5, 2)
+    assert row_count != 5
+    assert found_rows != 5
+    assert warnings != 2
+    # The client's own previous statement in the same unit is still the one it asks about.
+    with connect(balancer) as b:
+        run(b, "START TRANSACTION")
+        run(b, "UPDATE pool_diag SET v = v + 1")
+        assert one(b, "SELECT ROW_COUNT()") == 5
+        run(b, "COMMIT")

@@ -195,6 +195,9 @@ class ServerConnection(asyncio.Protocol):
         # Whose LAST_INSERT_ID() the session holds, as far as the proxy knows: a holder of
         # mysql/insertid.py, (None, 0) when new or reset (the engine keeps it up to date).
         self.insert_id: tuple[object | None, int] | None = (None, 0)
+        # The client whose command this session ran last (None: new or reset): what
+        # ROW_COUNT(), FOUND_ROWS() and warnings report is that client's.
+        self.last_user: object | None = None
         self.tracker: ResponseTracker | None = None
         self.unsolicited: list[Packet] = []
         self.created_at = time.monotonic()
@@ -506,6 +509,7 @@ class ServerConnection(asyncio.Protocol):
         await self.roundtrip(ComResetConnection().encode())
         self.unsolicited.clear()
         self.insert_id = (None, 0)
+        self.last_user = None
 
 
 def _result_sets(packets: list[Packet], capabilities: int) -> list[ResultSet]:

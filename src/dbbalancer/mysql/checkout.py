@@ -26,7 +26,8 @@ from dbbalancer.core.routing import SessionFacts, Target, decide
 from dbbalancer.core.statement import Classification
 from dbbalancer.core.unitofwork import UnitEvent, UnitState
 from dbbalancer.mysql.backend import ServerConnection, ServerError, ServerUnavailable
-from dbbalancer.mysql.codec import Capability, CommandByte, ComSetOption
+from dbbalancer.mysql.codec import Capability, CommandByte, ComSetOption, Packet
+from dbbalancer.mysql.insertid import restore_sql
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # Dead pooled connections skipped in one checkout before the unit fails.
 _CHECKOUT_ATTEMPTS: Final = 4
+
+# Sets what FOUND_ROWS() answers to 0 (COM_RESET_CONNECTION leaves the last client's).
+_NO_ROWS: Final = "SELECT 0 FROM DUAL WHERE 0"
 
 _Offer = tuple[Pool[ServerConnection], ServerConnection, bool]  # (pool, connection, replica)
 
@@ -164,6 +168,35 @@ class UnitCheckout:
             return None
         return pool, conn, replica
 
+    async def prepare_for(self, packet: Packet, conn: ServerConnection, *, fresh: bool) -> None:
+        """Before `packet`, a statement that asks about the previous one, runs: with `fresh`,
+        reset the connection (another client's statement ran last there) and replay the
+        session; give it the client's last insert id; then send `packet` (a connection that
+        fails here is lost, as if it died before the command)."""
+        engine = self.engine
+        value = engine.state.last_insert_id
+        log.debug("%r: %r gets the last insert id %d first", engine.session, conn, value)
+        conn.detach()
+        try:
+            if fresh:
+                await conn.reset()
+                engine.session.service.statements.forget_connection(conn)
+                await conn.query(_NO_ROWS)  # a reset keeps FOUND_ROWS()
+                await self._replay(conn)
+            if value or not fresh:
+                await conn.query(restore_sql(value))
+                conn.insert_id = (None, value)
+        except Exception as exc:
+            log.info("%r: preparing the connection failed (%s)", engine.session, exc)
+            conn.mark_broken()
+        engine.ids.restoring = False
+        if engine.unit is UnitState.CLOSED or engine.conn is not conn:
+            return  # the client left meanwhile: the connection went back or was dropped
+        if not conn.broken:
+            conn.attach(engine.session)
+        engine.write(packet, conn)
+        engine.session.engine_ready()
+
     async def _replay(self, conn: ServerConnection) -> None:
         engine = self.engine
         state = engine.state
@@ -190,6 +223,7 @@ class UnitCheckout:
         engine = self.engine
         engine.conn, engine.pool, engine.on_primary = conn, pool, not replica
         engine.held_dirty = engine.state.dirty
+        engine.ids.inherited = conn.last_user is not None and conn.last_user is not engine.ids
         session = engine.session
         session.server, session.pool = conn, pool
         conn.attach(session)

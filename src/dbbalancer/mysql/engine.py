@@ -53,7 +53,7 @@ from dbbalancer.mysql.codec import (
 )
 from dbbalancer.mysql.errors import class_of
 from dbbalancer.mysql.gtid import MariaDbGtidPos, MySqlGtidSet
-from dbbalancer.mysql.insertid import READ_BACK_SQL, ClientInsertId, restore_sql
+from dbbalancer.mysql.insertid import READ_BACK_SQL, ClientInsertId
 from dbbalancer.mysql.remap import StatementRemapper
 from dbbalancer.mysql.sessionstate import MySessionState, literal_of
 from dbbalancer.mysql.startup import MULTI_STATEMENTS_OFF
@@ -284,18 +284,20 @@ class TxEngine:
         self.sent = packet
         self.sent_class = self.classify(packet)
         state = self.state
+        c = self.sent_class
         restore = self.ids.before_send(
-            packet.payload, self.sent_class, state.statements, conn.insert_id, state.last_insert_id
+            packet.payload, c, state.statements, conn.insert_id, state.last_insert_id
         )
-        if restore and not conn.broken:
+        fresh = self.ids.asks_inherited(c, conn.in_transaction)
+        if (restore or fresh) and not conn.broken:
             # Decided here, not when the unit was routed: the command may have come to this
             # connection in a transaction, pinned, or behind a COM_STMT_CLOSE.
             self.ids.restoring = True
-            self.session.service.spawn(self._restore_id(packet, conn))
+            self.session.service.spawn(self.checkout.prepare_for(packet, conn, fresh=fresh))
             return
-        self._write(packet, conn)
+        self.write(packet, conn)
 
-    def _write(self, packet: Packet, conn: ServerConnection) -> None:
+    def write(self, packet: Packet, conn: ServerConnection) -> None:
         if conn.broken:  # it died after the checkout: nothing was sent, so a read re-runs
             self.fire(UnitEvent.LOST)
             return
@@ -316,26 +318,6 @@ class TxEngine:
         goes on as after a response."""
         self.sent = self.sent_class = None
         self.fire(self._work_done(conn))
-
-    async def _restore_id(self, packet: Packet, conn: ServerConnection) -> None:
-        """Give the connection the client's last insert id, then send the command that uses
-        it (a connection that fails here is lost, as if it died before the command)."""
-        value = self.state.last_insert_id
-        log.debug("%r: %r gets the last insert id %d first", self.session, conn, value)
-        conn.detach()
-        try:
-            await conn.query(restore_sql(value))
-            conn.insert_id = (None, value)
-        except Exception as exc:
-            log.info("%r: restoring the last insert id failed (%s)", self.session, exc)
-            conn.mark_broken()
-        self.ids.restoring = False
-        if self.unit is UnitState.CLOSED or self.conn is not conn:
-            return  # the client left meanwhile: the connection went back or was dropped
-        if not conn.broken:
-            conn.attach(self.session)
-        self._write(packet, conn)
-        self.session.engine_ready()
 
     # -- responses ------------------------------------------------------------------------
 
@@ -375,6 +357,7 @@ class TxEngine:
             if inserted:
                 self.state.last_insert_id = inserted
         ok = tracker is None or tracker.error is None
+        conn.last_user = self.ids.user_after(self.sent_class, conn.last_user)
         conn.insert_id = self.ids.answered(
             conn, conn.insert_id, value=self.state.last_insert_id, inserted=inserted, ok=ok
         )

@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from dbbalancer.core.statement import Classification, Reason
+from dbbalancer.core.statement import Classification, Reason, StatementKind
 from dbbalancer.mysql.codec import CommandByte
 
 __all__ = [
@@ -157,13 +157,33 @@ def restore_sql(value: int) -> str:
 
 class ClientInsertId:
     """One client's side of it: its token, what the command in flight does with the id, a
-    restore running before that command, a connection whose id it set unseen."""
+    restore running before that command, a connection whose id it set unseen.
+
+    And the rest of "the previous statement" (ROW_COUNT(), FOUND_ROWS(), warnings): a
+    connection another client used last (`conn.last_user`) reports that client's; `inherited`
+    holds while this client has run only session settings there, and a question about the
+    previous statement then has the connection reset first (`asks_inherited`)."""
 
     def __init__(self) -> None:
         self.owner = object()
         self.sent: tuple[IdUse, bool] | None = None
         self.restoring = False
         self.unread: object | None = None  # the connection to read the id back from
+        self.inherited = False
+
+    def user_after(self, c: Classification | None, last_user: object | None) -> object | None:
+        """Whose previous statement a connection reports once this client's statement
+        classified `c` ran: a session setting leaves found rows and warnings as they were."""
+        return last_user if c is not None and c.kind is StatementKind.SESSION else self
+
+    def asks_inherited(self, c: Classification | None, in_transaction: bool) -> bool:
+        """Whether the statement classified `c` asks about a previous statement that was
+        another client's; a statement other than a session setting makes the next answers
+        the client's own."""
+        inherited = self.inherited
+        if c is None or c.kind is not StatementKind.SESSION:
+            self.inherited = False
+        return inherited and c is not None and c.uses_last_result and not in_transaction
 
     def before_send(
         self,

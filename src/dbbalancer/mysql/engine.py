@@ -288,7 +288,7 @@ class TxEngine:
         restore = self.ids.before_send(
             packet.payload, c, state.statements, conn.insert_id, state.last_insert_id
         )
-        fresh = self.ids.asks_inherited(c, conn.in_transaction)
+        fresh = self.ids.asks_inherited(packet.payload, c, conn.in_transaction)
         if (restore or fresh) and not conn.broken:
             # Decided here, not when the unit was routed: the command may have come to this
             # connection in a transaction, pinned, or behind a COM_STMT_CLOSE.
@@ -357,7 +357,7 @@ class TxEngine:
             if inserted:
                 self.state.last_insert_id = inserted
         ok = tracker is None or tracker.error is None
-        conn.last_user = self.ids.user_after(self.sent_class, conn.last_user)
+        conn.last_user = self.ids.user_after(self.sent, self.sent_class, conn.last_user)
         conn.insert_id = self.ids.answered(
             conn, conn.insert_id, value=self.state.last_insert_id, inserted=inserted, ok=ok
         )

@@ -171,17 +171,24 @@ class ClientInsertId:
         self.unread: object | None = None  # the connection to read the id back from
         self.inherited = False
 
-    def user_after(self, c: Classification | None, last_user: object | None) -> object | None:
-        """Whose previous statement a connection reports once this client's statement
-        classified `c` ran: a session setting leaves found rows and warnings as they were."""
-        return last_user if c is not None and c.kind is StatementKind.SESSION else self
+    def user_after(
+        self, sent: object | None, c: Classification | None, last_user: object | None
+    ) -> object | None:
+        """Whose previous statement a connection reports once this client's command `sent`
+        (a Packet; its statement classified `c`) was answered: a statement other than a
+        session setting makes it this client's; other commands (a prepare, a ping) and
+        session settings leave found rows and warnings as they were."""
+        payload = getattr(sent, "payload", b"")
+        return self if _takes_over(payload, c) else last_user
 
-    def asks_inherited(self, c: Classification | None, in_transaction: bool) -> bool:
-        """Whether the statement classified `c` asks about a previous statement that was
-        another client's; a statement other than a session setting makes the next answers
-        the client's own."""
+    def asks_inherited(
+        self, payload: bytes, c: Classification | None, in_transaction: bool
+    ) -> bool:
+        """Whether the command `payload` (its statement classified `c`) asks about a previous
+        statement that was another client's; one that takes over (`user_after`) makes the
+        next answers the client's own."""
         inherited = self.inherited
-        if c is None or c.kind is not StatementKind.SESSION:
+        if _takes_over(payload, c):
             self.inherited = False
         return inherited and c is not None and c.uses_last_result and not in_transaction
 
@@ -216,3 +223,12 @@ class ClientInsertId:
         return after(
             holder, use, owner=self.owner, value=value, inserted=inserted, held=held, ok=ok
         )
+
+
+def _takes_over(payload: bytes, c: Classification | None) -> bool:
+    """A COM_QUERY or COM_STMT_EXECUTE of a statement that is not a session setting: what
+    ROW_COUNT(), FOUND_ROWS() and warnings report afterwards is its own."""
+    code = payload[0] if payload else -1
+    if code != CommandByte.QUERY and code != CommandByte.STMT_EXECUTE:
+        return False
+    return c is None or c.kind is not StatementKind.SESSION

@@ -116,3 +116,26 @@ def test_after() -> None:
 def test_restore_sql() -> None:
     assert restore_sql(0) == "DO LAST_INSERT_ID(0)"
     assert restore_sql(12345678901) == "DO LAST_INSERT_ID(12345678901)"
+
+
+def test_the_previous_statement_is_another_clients_until_the_client_runs_one() -> None:
+    from dbbalancer.mysql.classify import Classifier
+    from dbbalancer.mysql.insertid import ClientInsertId
+
+    classify = Classifier().classify
+    ids, other = ClientInsertId(), ClientInsertId()
+    question = classify("SELECT ROW_COUNT(), FOUND_ROWS()")
+    setting, read = classify("SET NAMES utf8mb4"), classify("SELECT v FROM t")
+    query, prepare = b"\x03", b"\x16"
+    # A session setting or a prepare leave the outcome as it was: another client's.
+    assert ids.user_after(None, setting, other) is other
+    ids.inherited = True
+    assert not ids.asks_inherited(query, setting, False)
+    assert not ids.asks_inherited(prepare, read, False)
+    assert ids.asks_inherited(query, question, False)
+    # Not in a transaction of its own, and not once it ran a statement of its own there.
+    ids.inherited = True
+    assert not ids.asks_inherited(query, question, True)
+    ids.inherited = True
+    assert not ids.asks_inherited(query, read, False)
+    assert not ids.asks_inherited(query, question, False)

@@ -9,9 +9,9 @@ The development checkout stays pure Python (``make setup`` installs it editable 
 ``DBBALANCER_COMPILE=0``), so an edit takes effect at once. ``make compile`` builds the compiled
 package into build/compiled, which ``make test`` and ``make bench`` put first on PYTHONPATH:
 the suite runs against what ships. postgres/codec.py is not compiled: mypyc mistakes the
-``ClassVar`` of its message dataclasses for fields (mypyc/mypyc#1122). The MySQL data path
-(mysql/codec.py, backend, startup, frontend, errors) is not compiled either: compiled, the suite
-crashed in the garbage collector (docs/performance.md).
+``ClassVar`` of its message dataclasses for fields (mypyc/mypyc#1122); mysql/codec.py keeps
+such constants at module level and is compiled. A compiled class's instances must not be held
+by weak references: they are not cleared when the object is freed (docs/performance.md).
 """
 
 from __future__ import annotations

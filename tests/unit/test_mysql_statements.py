@@ -326,3 +326,24 @@ def test_connection_statements_count_their_entries() -> None:
     cache = ConnectionStatements(3, registry)
     assert len(cache) == 0
     assert cache.connection() is None
+
+
+def test_connections_are_never_held_weakly() -> None:
+    """A mypyc-compiled ServerConnection accepts weak references but does not clear them when
+    it is freed, and the garbage collector later crashed on a dangling one (`make test` runs
+    the compiled build): the registry keeps a connection's statements on the connection."""
+    import gc
+
+    from dbbalancer.core.topology import Server, ServerRole
+    from dbbalancer.mysql.backend import ServerConnection
+
+    registry = StatementRegistry()
+    server = Server("p", "127.0.0.1", 1, ServerRole.PRIMARY)
+    for _ in range(500):
+        conn = ServerConnection(server, 1024)
+        cache = registry.of(conn, 4)
+        assert registry.known(conn) is cache
+        assert cache.connection() is conn
+        del conn, cache
+    gc.collect()
+    gc.collect()

@@ -198,6 +198,8 @@ class ServerConnection(asyncio.Protocol):
         # The client whose command this session ran last (None: new or reset): what
         # ROW_COUNT(), FOUND_ROWS() and warnings report is that client's.
         self.last_user: object | None = None
+        # The binary-protocol statements prepared here (mysql/statements.StatementRegistry).
+        self.prepared_statements: object | None = None
         self.tracker: ResponseTracker | None = None
         self.unsolicited: list[Packet] = []
         self.created_at = time.monotonic()

@@ -179,33 +179,39 @@ class ClientStatement:
         return self.cursor or self.long_data
 
 
+# The attribute of a connection that holds its statements (StatementRegistry.of).
+_ATTRIBUTE: Final = "prepared_statements"
+
+
 class StatementRegistry:
     """Per balancer: every connection's statements and how many client statements use each
     text (when none does, its server statements are closed everywhere)."""
 
     def __init__(self) -> None:
-        self._caches: weakref.WeakKeyDictionary[object, ConnectionStatements] = (
-            weakref.WeakKeyDictionary()
-        )
         self._refs: collections.Counter[Ref] = collections.Counter()
         self._holders: dict[Ref, weakref.WeakSet[ConnectionStatements]] = {}
         self._tokens = itertools.count(1)
 
     def of(self, conn: object, capacity: int) -> ConnectionStatements:
-        """The statements `conn` holds (created empty, capped at `capacity`, on first use)."""
-        cache = self._caches.get(conn)
+        """The statements `conn` holds (created empty, capped at `capacity`, on first use).
+
+        Kept on the connection (its `prepared_statements` attribute), never in a weak
+        mapping: a mypyc-compiled ServerConnection accepts weak references but does not
+        clear them when it is freed, and a dangling one crashes the garbage collector."""
+        cache = self.known(conn)
         if cache is None:
-            cache = ConnectionStatements(capacity, self, weakref.ref(conn))
-            self._caches[conn] = cache
+            cache = ConnectionStatements(capacity, self, conn)
+            setattr(conn, _ATTRIBUTE, cache)
         return cache
 
     def known(self, conn: object) -> ConnectionStatements | None:
         """The statements `conn` holds, if it ever held any."""
-        return self._caches.get(conn)
+        cache = getattr(conn, _ATTRIBUTE, None)
+        return cache if isinstance(cache, ConnectionStatements) else None
 
     def forget_connection(self, conn: object) -> None:
         """`conn` lost all its statements (COM_RESET_CONNECTION)."""
-        cache = self._caches.get(conn)
+        cache = self.known(conn)
         if cache is not None:
             cache.clear()
 
@@ -269,7 +275,7 @@ class ConnectionStatements:
     )
 
     def __init__(
-        self, capacity: int, registry: StatementRegistry, conn: weakref.ref[object] | None = None
+        self, capacity: int, registry: StatementRegistry, conn: object | None = None
     ) -> None:
         self.capacity = capacity
         self._registry = registry
@@ -283,7 +289,7 @@ class ConnectionStatements:
 
     def connection(self) -> object | None:
         """The server connection these statements are on (None once it is gone)."""
-        return self._conn() if self._conn is not None else None
+        return self._conn
 
     def server_ids(self) -> list[int]:
         """The server statement ids held, least recently used first (tests)."""

@@ -128,7 +128,9 @@ def test_the_previous_statement_is_another_clients_until_the_client_runs_one() -
     setting, read = classify("SET NAMES utf8mb4"), classify("SELECT v FROM t")
     query, prepare = b"\x03", b"\x16"
     # A session setting or a prepare leave the outcome as it was: another client's.
-    assert ids.user_after(None, setting, other) is other
+    assert ids.user_after(query, setting, other) is other
+    assert ids.user_after(prepare, read, other) is other
+    assert ids.user_after(query, read, other) is ids
     ids.inherited = True
     assert not ids.asks_inherited(query, setting, False)
     assert not ids.asks_inherited(prepare, read, False)

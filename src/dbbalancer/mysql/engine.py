@@ -357,7 +357,9 @@ class TxEngine:
             if inserted:
                 self.state.last_insert_id = inserted
         ok = tracker is None or tracker.error is None
-        conn.last_user = self.ids.user_after(self.sent, self.sent_class, conn.last_user)
+        sent = self.sent
+        if sent is not None:
+            conn.last_user = self.ids.user_after(sent.payload, self.sent_class, conn.last_user)
         conn.insert_id = self.ids.answered(
             conn, conn.insert_id, value=self.state.last_insert_id, inserted=inserted, ok=ok
         )

@@ -172,13 +172,12 @@ class ClientInsertId:
         self.inherited = False
 
     def user_after(
-        self, sent: object | None, c: Classification | None, last_user: object | None
+        self, payload: bytes, c: Classification | None, last_user: object | None
     ) -> object | None:
-        """Whose previous statement a connection reports once this client's command `sent`
-        (a Packet; its statement classified `c`) was answered: a statement other than a
-        session setting makes it this client's; other commands (a prepare, a ping) and
-        session settings leave found rows and warnings as they were."""
-        payload = getattr(sent, "payload", b"")
+        """Whose previous statement a connection reports once this client's command `payload`
+        (its statement classified `c`) was answered: a statement other than a session setting
+        makes it this client's; other commands (a prepare, a ping) and session settings leave
+        found rows and warnings as they were."""
         return self if _takes_over(payload, c) else last_user
 
     def asks_inherited(
